@@ -1,0 +1,23 @@
+# The two commands of the README. Each creates .venv and installs what it needs first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test
+
+install: $(STAMP)
+
+# torch goes first, pinned: with no torch installed, a plain "torch>=..." requirement resolves
+# to the newest CUDA build (several GB). constraints.txt pins every tested version.
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[lora,test]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/rlhf demo
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -1,0 +1,98 @@
+"""`rlhf <stage> --config FILE.yaml [key=value ...]`: parse, validate, dispatch. No logic here.
+
+Every stage is invoked the same way; the stage's config class (rlhfkit/config.py) is the single
+source of its options and of its ``--help`` text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+from rlhfkit.errors import RlhfkitError
+
+
+@dataclass(frozen=True)
+class Stage:
+    config: str  # class name in rlhfkit.config
+    target: str  # "module:function" taking the config
+    summary: str
+
+
+STAGES: dict[str, Stage] = {
+    "synth": Stage("SynthConfig", "rlhfkit.synthetic.world:build",
+                   "build the synthetic world: corpus, tokenizer, tiny base LM, prompts, SFT data"),
+    "sft": Stage("SFTConfig", "rlhfkit.train.sft:train", "supervised fine-tuning on demonstrations"),
+    "gold-score": Stage("GoldScoreConfig", "rlhfkit.synthetic.world:gold_score_file",
+                        "score completions with the synthetic world's gold reward"),
+}
+
+
+def _resolve(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _stage_parser(sub, name: str, stage: Stage):
+    from rlhfkit import config as config_mod
+    cls = getattr(config_mod, stage.config)
+    p = sub.add_parser(name, help=stage.summary, description=f"{stage.summary}.\n\nkeys (set in --config "
+                       "YAML or as key=value overrides, which win):\n" + config_mod.describe_fields(cls),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", help="YAML file with the stage's keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a key (YAML-typed value)")
+    p.set_defaults(_stage=name)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf", description="rlhfkit: the whole RLHF loop from one CLI. Every stage runs as "
+        "`rlhf <stage> --config FILE.yaml [key=value ...]`; `rlhf <stage> --help` lists its keys.")
+    from rlhfkit import __version__
+    parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(title="stages", metavar="<stage>")
+    for name, stage in STAGES.items():
+        _stage_parser(sub, name, stage)
+    demo = sub.add_parser("demo", help="build the synthetic world and run the pipeline on it "
+                          "(currently: SFT of the tiny base model), then print the results")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run, for tests")
+    demo.add_argument("--output", default="runs/demo", help="directory for all of the demo's runs")
+    demo.set_defaults(_stage="demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_stage", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args._stage == "demo":
+            from rlhfkit.demo import run_demo
+            run_demo(output=args.output, quick=args.quick)
+            return 0
+        from rlhfkit import config as config_mod
+        stage = STAGES[args._stage]
+        cfg = config_mod.load_config(getattr(config_mod, stage.config), args.config, args.overrides)
+        result = _resolve(stage.target)(cfg)
+        if result is not None:
+            print(result)
+        return 0
+    except RlhfkitError as e:
+        print(f"rlhf {args._stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhf {args._stage}: interrupted; rerun with resume=true to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

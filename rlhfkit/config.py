@@ -1,0 +1,383 @@
+"""Typed, strict stage configs: YAML file + ``key=value`` overrides -> one validated object.
+
+Every stage is invoked the same way, ``rlhf <stage> --config FILE.yaml [key=value ...]``.
+Each config is a pydantic model with ``extra="forbid"``; a field's attribute docstring is its
+only documentation and is what ``rlhf <stage> --help`` prints. All validation (unknown key,
+wrong type, impossible value, missing model path) happens here, before a stage loads anything,
+and is reported as one :class:`~rlhfkit.errors.ConfigError` that names each key and where it
+came from (the YAML file or the command line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlhfkit.errors import ConfigError
+
+C = TypeVar("C", bound="BaseConfig")
+
+# A hub id is "name" or "org/name" made of these characters; anything else must exist locally.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def check_model_path(value: str, key: str) -> str:
+    """Accept an existing local directory or something shaped like a hub id; reject the rest.
+
+    A path that looks local (absolute, ``./``, ``~``, or with more than one ``/``) but does not
+    exist is the common typo; catching it here means no stage starts work on a missing model.
+    """
+    expanded = os.path.expanduser(value)
+    if os.path.exists(expanded):
+        return expanded
+    looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value
+    if looks_local or not _HUB_ID.match(value):
+        raise ValueError(f"model path '{value}' does not exist (for '{key}')")
+    return value
+
+
+class BaseConfig(BaseModel):
+    """Fields shared by every stage."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        protected_namespaces=(),
+    )
+
+    output_dir: str = "runs/run"
+    """Run directory: resolved config, metrics.jsonl, checkpoints, final model, summary.json."""
+
+    seed: int = 0
+    """Seed for python, numpy and torch RNGs, data order and initialisation."""
+
+
+class TrainConfig(BaseConfig):
+    """Optimisation, logging and checkpoint fields shared by the training stages."""
+
+    model: str
+    """Causal LM to start from: a local Hugging Face directory or a hub id."""
+
+    tokenizer: str | None = None
+    """Tokenizer directory or hub id; defaults to `model`."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the trained weights. Keep float32 on CPU (bf16 makes log-prob ratios noisy)."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast mode passed to accelerate (GPU runs); 'no' for fp32 everywhere."""
+
+    data: str
+    """Training data: a JSONL/JSON/CSV/Parquet file, a `save_to_disk` directory or a hub dataset id."""
+
+    data_split: str = "train"
+    """Split to read when `data` is a DatasetDict directory or a hub dataset."""
+
+    eval_data: str | None = None
+    """Held-out data in the same formats; if unset, `eval_fraction` of `data` is held out."""
+
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of `data` held out for evaluation when `eval_data` is not given (0 disables eval)."""
+
+    skip_invalid: bool = False
+    """Drop malformed rows (and report how many and why) instead of stopping at the first one."""
+
+    max_length: int = Field(512, gt=0)
+    """Maximum tokens per sequence (prompt + response) after truncation."""
+
+    learning_rate: float = Field(2e-5, gt=0.0)
+    """Peak learning rate of AdamW."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay."""
+
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+
+    adam_eps: float = Field(1e-8, gt=0.0)
+    """AdamW epsilon."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    """Decay after warmup: linear or cosine to 0, or constant."""
+
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    """Share of optimizer steps spent warming the learning rate up linearly from 0."""
+
+    num_epochs: float = Field(1.0, gt=0.0)
+    """Passes over the training data (fractions allowed); ignored when `max_steps` is set."""
+
+    max_steps: int | None = Field(None, gt=0)
+    """Total optimizer steps; overrides `num_epochs`."""
+
+    per_device_batch_size: int = Field(8, gt=0)
+    """Sequences per process per micro-batch."""
+
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Micro-batches per optimizer step (the global batch is this x batch size x processes)."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the global gradient norm to this value; null disables clipping."""
+
+    eval_every: int = Field(0, ge=0)
+    """Evaluate every N optimizer steps (0: only at the end)."""
+
+    eval_batch_size: int = Field(16, gt=0)
+    """Sequences per process per evaluation batch."""
+
+    log_every: int = Field(10, gt=0)
+    """Write a metrics.jsonl line every N optimizer steps."""
+
+    save_every: int = Field(0, ge=0)
+    """Write a resumable checkpoint every N optimizer steps (0: none until the end)."""
+
+    keep_checkpoints: int = Field(2, gt=0)
+    """How many recent checkpoints to keep on disk."""
+
+    resume: bool = False
+    """Continue from the latest complete checkpoint in `output_dir` if there is one."""
+
+    stop_after: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps in this invocation, saving a checkpoint (for
+    time-limited jobs); run again with `resume: true` to continue the same schedule."""
+
+    trackers: list[Literal["tensorboard", "wandb"]] = []
+    """Extra experiment trackers via accelerate (metrics.jsonl is always written)."""
+
+    disable_dropout: bool = True
+    """Set every dropout probability to 0 (RLHF-DETAILS item 7)."""
+
+    lora_r: int = Field(0, ge=0)
+    """LoRA rank; 0 trains all weights. Needs the `peft` package."""
+
+    lora_alpha: float = Field(16.0, gt=0.0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names that get LoRA adapters, or 'all-linear'."""
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _model_exists(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else check_model_path(v, info.field_name)
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
+
+
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on demonstrations (`rlhf sft`)."""
+
+    output_dir: str = "runs/sft"
+    """Run directory: resolved config, metrics.jsonl, checkpoints, final model, summary.json."""
+
+    completion_only_loss: bool = True
+    """Train on completion tokens only (prompt tokens masked); false trains on the whole sequence."""
+
+    packing: bool = False
+    """Concatenate examples into full `max_length` blocks (no padding waste). Attention is
+    restricted to each example by resetting position ids and a block-diagonal mask."""
+
+    truncation_side: Literal["left", "right"] = "right"
+    """Which end of an over-long sequence is cut: 'right' drops the completion's tail, 'left'
+    drops the prompt's beginning (keeping the completion)."""
+
+    sample_prompts: int = Field(0, ge=0)
+    """After training, sample completions for this many held-out prompts into samples.jsonl."""
+
+    sample_max_new_tokens: int = Field(48, gt=0)
+    """Maximum new tokens per sample."""
+
+
+class SynthConfig(BaseConfig):
+    """Build the synthetic world (`rlhf synth`): corpus, tokenizer, tiny base LM, prompt and SFT sets."""
+
+    output_dir: str = "runs/world"
+    """Directory of the world's artefacts; reused when it already holds a world built with this config."""
+
+    n_docs: int = Field(6000, gt=0)
+    """Pre-training documents generated from the grammar."""
+
+    vocab_size: int = Field(1024, ge=300)
+    """Byte-level BPE vocabulary size of the trained tokenizer."""
+
+    hidden_size: int = Field(192, gt=0)
+    """Width of the tiny Llama-style base model."""
+
+    num_layers: int = Field(4, gt=0)
+    """Decoder layers of the base model."""
+
+    num_heads: int = Field(4, gt=0)
+    """Attention heads of the base model."""
+
+    pretrain_steps: int = Field(300, gt=0)
+    """Optimizer steps of base-model pre-training on the corpus."""
+
+    pretrain_batch_size: int = Field(32, gt=0)
+    """Sequences per pre-training step."""
+
+    pretrain_seq_len: int = Field(128, gt=0)
+    """Tokens per packed pre-training sequence."""
+
+    pretrain_lr: float = Field(3e-3, gt=0.0)
+    """Peak learning rate of pre-training."""
+
+    n_sft: int = Field(4000, gt=0)
+    """Prompt/completion demonstrations for SFT."""
+
+    n_prompts: int = Field(1000, gt=0)
+    """Prompts (review openings) for RL and evaluation; 10% go to the held-out set."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "SynthConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        return self
+
+
+class GoldScoreConfig(BaseConfig):
+    """Score completions with the synthetic world's gold reward (`rlhf gold-score`)."""
+
+    input: str
+    """JSONL/JSON/CSV/Parquet with a `completion` column (and optionally `prompt`)."""
+
+    output: str
+    """JSONL file written with every input column plus the score column."""
+
+    completion_field: str = "completion"
+    """Column holding the text to score."""
+
+    score_field: str = "gold_reward"
+    """Name of the column written."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"command line: override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # leave it a string; the field's type decides whether that is valid
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command line: key '{key}' conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _flat_keys(d: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in d.items():
+        keys.add(prefix + k)
+        if isinstance(v, dict):
+            keys |= _flat_keys(v, prefix + k + ".")
+    return keys
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a ConfigError that names the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None,
+                overrides: list[str] | None = None) -> C:
+    """Build ``cls`` from an optional YAML file and ``key=value`` overrides (overrides win)."""
+    file_values = read_yaml(path) if path is not None else {}
+    cli_values = parse_overrides(overrides or [])
+    return config_from_dict(cls, file_values, cli_values, source=str(path) if path else None)
+
+
+def config_from_dict(cls: type[C], file_values: dict[str, Any], cli_values: dict[str, Any] | None = None,
+                     *, source: str | None = None) -> C:
+    """Validate merged values; errors name each key and whether it came from ``source`` or the CLI."""
+    cli_values = cli_values or {}
+    cli_keys = _flat_keys(cli_values)
+    merged = _deep_merge(file_values, cli_values)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            top = ".".join(str(p) for p in err["loc"][:1])
+            origin = "command line" if (key in cli_keys or top in cli_keys) else (source or "defaults")
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(cls.model_fields))
+                msg = f"unknown key (known keys: {known})"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            elif "input" in err and err["type"] not in ("value_error",):
+                msg = f"{msg} (got {err['input']!r})"
+            lines.append(f"  {key} [{origin}]: {msg}")
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"invalid {cls.__name__}{where}:\n" + "\n".join(lines)) from None
+
+
+def save_config(cfg: BaseConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as ``config.yaml`` in the run directory (reloadable as is)."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json")
+    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def describe_fields(cls: type[BaseConfig]) -> str:
+    """The ``--help`` text of a stage: every key, its type, default and docstring."""
+    lines = []
+    for name, field in cls.model_fields.items():
+        ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
+        lines.append(f"  {name} ({ann}; {default})")
+        if field.description:
+            lines.append("      " + " ".join(field.description.split()))
+    return "\n".join(lines)

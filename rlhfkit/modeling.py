@@ -1,0 +1,155 @@
+"""Model and tokenizer I/O: the one place that loads and saves policies (and later reward,
+value and reference models).
+
+Rules enforced here so no stage has to remember them:
+- PAD must be a real token distinct from EOS. If a tokenizer has no pad token (or pad == eos),
+  a dedicated ``<|pad|>`` token is added and the embeddings are resized, with a warning. Padding
+  with EOS silently breaks "read the score at the last real token" and teaches a policy that EOS
+  is noise (RLHF-DETAILS items 2 and 10).
+- Dropout is switched off in models used for RLHF/DPO (item 7): otherwise two forwards of the
+  same input give different log-probs and the first PPO ratio is not 1.
+- Final models are plain Hugging Face directories (safetensors) that load with `transformers`
+  alone; LoRA adapters are merged before the final save.
+- No pickle from outside is ever unpickled: weights are safetensors, and checkpoints are read
+  with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from rlhfkit.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|pad|>"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def load_tokenizer(name_or_path: str, *, padding_side: str = "right"):
+    """Load a fast tokenizer and make sure it has a pad token that is not EOS."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load tokenizer from '{name_or_path}': {e}") from None
+    if tok.eos_token_id is None:
+        raise ModelError(f"tokenizer '{name_or_path}' has no EOS token; RLHF needs one to end responses")
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        log.warning("tokenizer '%s' has %s; adding a dedicated %s token", name_or_path,
+                    "no pad token" if tok.pad_token_id is None else "pad == eos", PAD_TOKEN)
+        tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_causal_lm(name_or_path: str, tokenizer=None, *, dtype: str = "float32",
+                   disable_dropout: bool = True):
+    """Load an ``AutoModelForCausalLM``; resize its embeddings if the tokenizer grew a pad token."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load causal LM from '{name_or_path}': {e}") from None
+    if tokenizer is not None:
+        match_vocab(model, tokenizer)
+    if disable_dropout:
+        disable_dropout_in(model)
+    return model
+
+
+def match_vocab(model, tokenizer) -> None:
+    """Grow the embedding matrix when the tokenizer has more tokens than the model, and tell the
+    model's configs which ids are pad/eos/bos so that `generate` and saved configs agree."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        cfg.pad_token_id = tokenizer.pad_token_id
+        cfg.eos_token_id = tokenizer.eos_token_id
+        if tokenizer.bos_token_id is not None:
+            cfg.bos_token_id = tokenizer.bos_token_id
+
+
+def disable_dropout_in(model: nn.Module) -> None:
+    """Zero every dropout probability (modules and config-level attention dropout)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), float):
+            setattr(cfg, key, 0.0)
+
+
+def apply_lora(model, *, r: int, alpha: float, dropout: float, target_modules):
+    """Wrap ``model`` with LoRA adapters (peft is imported only here: it is optional)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelError("lora_r > 0 needs the 'peft' package: pip install 'rlhfkit[lora]'") from None
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_hf(model, tokenizer, out_dir: str | os.PathLike, *, extra_config: dict[str, Any] | None = None) -> Path:
+    """Save a model as a plain Hugging Face directory (safetensors + tokenizer).
+
+    LoRA models are merged into their base weights first so the directory loads with
+    `transformers` alone. Written to a temporary sibling and renamed, so a crash mid-save never
+    leaves a half-written model under the final name.
+    """
+    import shutil
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if is_peft(model):
+        model = model.merge_and_unload()
+    if extra_config:
+        for k, v in extra_config.items():
+            setattr(model.config, k, v)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def chat_renderer(tokenizer) -> Callable[[list[dict], bool], str] | None:
+    """A ``(messages, add_generation_prompt) -> text`` function from the tokenizer's chat
+    template, or None when the tokenizer has none (conversational data then errors clearly)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    return render
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

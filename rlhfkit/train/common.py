@@ -1,0 +1,248 @@
+"""Mechanics shared by every training stage, written once: run directories, seeding, the
+deterministic data schedule, optimizer/scheduler, the accumulated optimizer step, metrics and
+atomic, resumable checkpoints. Each stage keeps its own explicit loop and calls these.
+
+Run directory layout (ARCHITECTURE.md "Run directories")::
+
+    <output_dir>/config.yaml         resolved config
+    <output_dir>/metrics.jsonl       one JSON line per logged step (always written)
+    <output_dir>/checkpoints/step-N/ accelerate state (model, optimizer, scheduler, RNG) + state.json
+    <output_dir>/checkpoints/latest  name of the newest *complete* checkpoint
+    <output_dir>/final/              Hugging Face model directory (safetensors)
+    <output_dir>/summary.json        final figures of the run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg, run_dir: Path):
+    """An Accelerator for this run. Accumulation is done by hand (see `accumulated_step`), so
+    accelerate is told 1: its own version divides every micro-loss by the step count, which
+    is only right when all micro-batches hold the same number of loss tokens."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    trackers = list(getattr(cfg, "trackers", []) or [])
+    acc = Accelerator(
+        mixed_precision=getattr(cfg, "mixed_precision", "no"),
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    if trackers:
+        acc.init_trackers(run_dir.name, config=cfg.model_dump(mode="json"))
+    return acc
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def steps_per_epoch(n_examples: int, global_batch: int, *, source: str) -> int:
+    """Optimizer steps in one pass; the last incomplete global batch is dropped so every step
+    sees the same number of sequences on every process."""
+    if n_examples < global_batch:
+        raise ConfigError(
+            f"{source}: {n_examples} training examples are fewer than one global batch of {global_batch} "
+            "(per_device_batch_size x gradient_accumulation_steps x processes); lower the batch size")
+    return n_examples // global_batch
+
+
+def total_steps(cfg, n_examples: int, global_batch: int, *, source: str) -> int:
+    spe = steps_per_epoch(n_examples, global_batch, source=source)
+    return cfg.max_steps or max(1, math.ceil(cfg.num_epochs * spe))
+
+
+def batch_indices(step: int, *, n_examples: int, global_batch: int, seed: int) -> list[int]:
+    """Example indices of global optimizer step ``step`` (0-based).
+
+    A pure function of (step, seed): every epoch is a fresh permutation seeded by
+    (seed, epoch), so a resumed run needs only the step number to continue the exact data order,
+    and any process count sees the same global batch.
+    """
+    spe = n_examples // global_batch
+    epoch, pos = divmod(step, spe)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n_examples, generator=g)
+    return perm[pos * global_batch:(pos + 1) * global_batch].tolist()
+
+
+def micro_batches(indices: list[int], *, per_device: int, accumulation: int, rank: int,
+                  world: int) -> Iterator[list[int]]:
+    """This process's share of each micro-batch: global batch = accumulation x world x per_device."""
+    span = world * per_device
+    for m in range(accumulation):
+        chunk = indices[m * span:(m + 1) * span]
+        yield chunk[rank * per_device:(rank + 1) * per_device]
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def make_optimizer(model, cfg) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
+                             betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+
+
+def make_scheduler(optimizer, cfg, num_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * num_steps),
+                         num_training_steps=num_steps)
+
+
+def global_count(accelerator, value: float | int) -> float:
+    """Sum a per-process number over all processes (a no-op with one process)."""
+    t = torch.tensor(float(value), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return float(t.item())
+
+
+def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip (if asked), step optimizer and scheduler, zero grads; returns the pre-clip grad norm."""
+    if max_grad_norm is not None:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    else:
+        norm = torch.norm(torch.stack([p.grad.detach().norm() for p in model.parameters()
+                                       if p.grad is not None]))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step to ``metrics.jsonl`` (main process only).
+
+    On resume from step k, lines with step > k (written after the checkpoint, before the crash)
+    are dropped first, so the file continues with no duplicated or missing steps.
+    """
+
+    def __init__(self, run_dir: Path, accelerator, *, resume_step: int = 0):
+        self.path = run_dir / "metrics.jsonl"
+        self.acc = accelerator
+        if accelerator.is_main_process:
+            if resume_step == 0:
+                self.path.write_text("", encoding="utf-8")
+            elif self.path.exists():
+                kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                        if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
+        if self.acc.is_main_process:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.acc.trackers:
+            self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """Atomic, resumable checkpoints under ``<run_dir>/checkpoints``.
+
+    A checkpoint is written into ``step-N.tmp`` and renamed to ``step-N`` only when complete;
+    then ``latest`` is atomically replaced with its name. A crash mid-save therefore leaves the
+    previous ``latest`` intact, and a leftover ``.tmp`` directory is ignored and cleaned up.
+    """
+
+    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
+        self.dir = run_dir / "checkpoints"
+        self.acc = accelerator
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        marker = self.dir / "latest"
+        if not marker.is_file():
+            return None
+        path = self.dir / marker.read_text(encoding="utf-8").strip()
+        return path if (path / "state.json").is_file() else None
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        final = self.dir / f"step-{step:08d}"
+        tmp = self.dir / f"step-{step:08d}.tmp"
+        if self.acc.is_main_process:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
+        # Every process writes its own RNG state; the main process writes model/optimizer.
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            write_json(tmp / "state.json", {"step": step, **state})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            marker_tmp = self.dir / "latest.tmp"
+            marker_tmp.write_text(final.name, encoding="utf-8")
+            os.replace(marker_tmp, self.dir / "latest")
+            self._prune(keep_name=final.name)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore model/optimizer/scheduler/RNG states (weights_only loads) and return state.json."""
+        self.acc.load_state(str(path))
+        return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+    def _prune(self, keep_name: str) -> None:
+        done = sorted(p for p in self.dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for p in done[:-self.keep]:
+            if p.name != keep_name:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.dir.glob("step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def progress(total: int, initial: int, accelerator, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True)

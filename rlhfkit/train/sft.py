@@ -1,0 +1,193 @@
+"""`rlhf sft`: supervised fine-tuning of a causal LM on demonstrations.
+
+Implementation details (each has a failure mode it prevents):
+
+1. Data: any format the data layer normalises to prompt/completion (``text``,
+   ``prompt``/``completion``, conversational ``messages`` rendered with the tokenizer's chat
+   template). Prompt and completion are tokenised separately; EOS is appended to the completion
+   so the model learns to stop (RLHF later penalises completions that never stop).
+2. Loss on completion tokens only by default (``completion_only_loss``); the prompt is context,
+   not a target. With ``false`` the whole sequence is trained (plain LM pre-training).
+3. The loss is the NLL *summed* over loss tokens of the whole optimizer step -- all
+   micro-batches on all processes -- divided by that step's total token count. Per-micro-batch
+   means would make gradient accumulation differ from a bigger batch (torchtune #2307).
+   Gradients are synchronised across processes only on the last micro-batch (``no_sync``).
+4. Deterministic data order: global step s reads a fixed slice of a per-epoch permutation seeded
+   by (seed, epoch). 1 process x batch 2b and 2 processes x batch b see the same global batch,
+   and resume needs only the step number.
+5. AdamW (no decay on 1-D params), linear warmup then cosine/linear decay, gradient clipping
+   by global norm. The scheduler steps once per optimizer step regardless of process count.
+6. Optional packing into ``max_length`` blocks with per-example position ids (no cross-example
+   attention, see data/collate.py).
+7. Dropout is off by default (the SFT model becomes the RLHF reference; item 7).
+8. Checkpoints every ``save_every`` steps are atomic (temp dir + rename); ``resume: true``
+   restores model, optimizer, scheduler, RNG states and the step, and trims metrics.jsonl to
+   that step so the log continues without duplicates.
+9. Held-out loss/perplexity before training and every ``eval_every`` steps; the final model is a
+   plain Hugging Face directory (LoRA merged) plus ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import SFTConfig, save_config
+from rlhfkit.data.collate import SFTCollator, pack, tokenize_sft
+from rlhfkit.losses import IGNORE_INDEX, token_nll
+from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
+from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, global_count,
+                                  make_accelerator, make_optimizer, make_scheduler, micro_batches, progress,
+                                  read_metrics, seed_everything, total_steps, write_json)
+from rlhfkit.train.data import load_split
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: SFTConfig) -> Path:
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg, run_dir)
+    if acc.is_main_process:
+        save_config(cfg, run_dir)
+
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    train_rows, eval_rows, data_report = load_split(cfg, "sft", render_chat=chat_renderer(tok))
+    train_ds, n_trunc = tokenize_sft(train_rows, tok, max_length=cfg.max_length,
+                                     truncation_side=cfg.truncation_side)
+    eval_ds = tokenize_sft(eval_rows, tok, max_length=cfg.max_length,
+                           truncation_side=cfg.truncation_side)[0] if eval_rows else None
+    if cfg.packing:
+        train_ds = pack(train_ds, cfg.max_length)
+    collate = SFTCollator(tok.pad_token_id, "right", completion_only=cfg.completion_only_loss)
+
+    model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
+    if cfg.lora_r:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules)
+    world, rank = acc.num_processes, acc.process_index
+    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
+    n_steps = total_steps(cfg, len(train_ds), global_batch, source=cfg.data)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, n_steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+
+    ckpts = Checkpoints(run_dir, acc, keep=cfg.keep_checkpoints)
+    start = 0
+    if cfg.resume and (latest := ckpts.latest()) is not None:
+        start = ckpts.load(latest)["step"]
+        log.info("resumed from %s at step %d", latest, start)
+    metrics = MetricsLog(run_dir, acc, resume_step=start)
+
+    def evaluate() -> dict[str, float]:
+        if eval_ds is None:
+            return {}
+        net = acc.unwrap_model(model)  # no DDP hooks: shards may differ in batch count
+        net.eval()
+        nll = n = 0.0
+        mine = list(range(rank, len(eval_ds), world))
+        with torch.no_grad():
+            for i in range(0, len(mine), cfg.eval_batch_size):
+                b = collate(eval_ds.select(mine[i:i + cfg.eval_batch_size]).to_list())
+                b = {k: v.to(acc.device) for k, v in b.items()}
+                labels = b.pop("labels")
+                s, c = token_nll(net(**b).logits, labels)
+                nll, n = nll + s.item(), n + c.item()
+        net.train()
+        nll, n = global_count(acc, nll), global_count(acc, n)
+        loss = nll / max(n, 1)
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50))}
+
+    if start == 0:
+        initial_eval = evaluate()
+        if initial_eval:
+            metrics.log(0, initial_eval)
+    else:  # resumed: the step-0 evaluation is already in metrics.jsonl
+        step0 = next((r for r in read_metrics(run_dir) if r["step"] == 0), {})
+        initial_eval = {k: v for k, v in step0.items() if k.startswith("eval_")}
+    model.train()
+    bar = progress(n_steps, start, acc, "sft")
+    t0, tokens_seen, last_eval = time.time(), 0.0, initial_eval
+    for step in range(start, n_steps):
+        idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
+        batches = [collate(train_ds.select(mb).to_list())
+                   for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
+                                           accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
+        # Item 3: normalise by the loss-token count of the whole step on all processes. DDP
+        # averages gradients over processes, hence the factor `world`.
+        step_tokens = global_count(acc, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+        scale = world / max(step_tokens, 1.0)
+        nll_sum = 0.0
+        for j, b in enumerate(batches):
+            b = {k: v.to(acc.device) for k, v in b.items()}
+            labels = b.pop("labels")
+            sync = j == len(batches) - 1
+            with nullcontext() if sync else acc.no_sync(model):
+                with acc.autocast():
+                    logits = model(**b).logits  # (B, T, V)
+                nll, _ = token_nll(logits, labels)
+                acc.backward(nll * scale)
+            nll_sum += nll.item()
+        grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
+        loss = global_count(acc, nll_sum) / max(step_tokens, 1.0)
+        tokens_seen += step_tokens
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        row: dict[str, float] = {}
+        if done % cfg.log_every == 0 or done == n_steps:
+            row.update(loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+                       tokens=step_tokens, epoch=done * global_batch / len(train_ds))
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps:
+            last_eval = evaluate()
+            row.update(last_eval)
+        if row:
+            metrics.log(done, row)
+        if cfg.save_every and done % cfg.save_every == 0 and done < n_steps:
+            ckpts.save(done, {"loss": loss})
+        if cfg.stop_after and done - start >= cfg.stop_after and done < n_steps:
+            ckpts.save(done, {"loss": loss})
+            bar.close()
+            log.info("stopped after %d steps at step %d; rerun with resume=true", cfg.stop_after, done)
+            acc.end_training()
+            return run_dir / "checkpoints" / "latest"
+    bar.close()
+
+    acc.wait_for_everyone()
+    ckpts.save(n_steps, {"final": True})
+    final = run_dir / "final"
+    summary = {
+        "stage": "sft", "steps": n_steps, "global_batch": global_batch, "processes": world,
+        "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
+        "dropped_after_truncation": n_trunc, "data": data_report,
+        "initial_eval_loss": initial_eval.get("eval_loss"), **{f"final_{k}": v for k, v in last_eval.items()},
+        "tokens_per_second": tokens_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
+    }
+    if acc.is_main_process:
+        net = acc.unwrap_model(model)
+        save_hf(net, tok, final)
+        if cfg.sample_prompts and eval_rows:
+            _write_samples(cfg, net, tok, eval_rows, run_dir)
+        write_json(run_dir / "summary.json", summary)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return final
+
+
+def _write_samples(cfg: SFTConfig, model, tok, eval_rows: list[dict], run_dir: Path) -> None:
+    import json
+
+    from rlhfkit.generation import sample_completions
+
+    prompts = [r["prompt"] for r in eval_rows[:cfg.sample_prompts]]
+    rows = sample_completions(model, tok, prompts, max_new_tokens=cfg.sample_max_new_tokens,
+                              temperature=1.0, seed=cfg.seed)
+    with (run_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

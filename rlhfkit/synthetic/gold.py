@@ -1,0 +1,207 @@
+"""The gold reward: the "true" human preference of the synthetic world.
+
+RLHF is judged by whether it raises this number on held-out prompts, and reward hacking shows
+up as a learned reward going up while this one goes down. So it rewards what a reader of these
+reviews wants (positive sentiment, expressed in well-formed short text) and punishes the
+degenerate text a policy produces when it exploits a learned reward model.
+
+Formula (all constants below)::
+
+    raw       = sum over sentences of sum over sentiment words w of  m(w) * SENTIMENT[w]
+    sentiment = tanh(raw / SCALE)                                        in (-1, 1)
+    reward    = clip(sentiment - penalties, MIN_REWARD, MAX_REWARD)      in [-1.5, 1]
+
+``m(w)`` is the product of the modifiers met since the previous sentiment word within the same
+clause ("." and "," end a modifier's scope): a negator multiplies by ``NEGATION = -0.5``
+(it flips *and* attenuates: "not good" is mildly negative, not as bad as "bad"; "not bad" = +1 is
+about "fine"), an intensifier by ``INTENSIFY = 1.5``, a diminisher by ``DIMINISH = 0.5``. So
+"the film was very good ." has raw = 1.5 * 2 = 3 and reward tanh(1) ≈ 0.762. The tanh gives
+diminishing returns: piling up positive words buys little sentiment but costs penalties.
+
+Penalties (subtracted from the sentiment):
+
+* repetition: ``REPEATED_WORD_PENALTY`` (0.25) for each use of a sentiment word beyond its
+  second; plus ``REPEATED_BIGRAM_SLOPE`` (2.0) times the share of repeated bigrams above
+  ``REPEATED_BIGRAM_FREE`` (0.35, set above what the grammar's own text reaches);
+* no terminator: ``NO_TERMINATOR_PENALTY`` (0.5) when the last token is not ".";
+* ungrammatical runs: ``UNGRAMMATICAL_PENALTY`` (0.25) per event: a token outside the grammar's
+  vocabulary, two sentiment words in a row, a punctuation run (or text starting with
+  punctuation), a modifier left dangling before punctuation or the end, a third modifier in a row;
+* too long: ``TOO_LONG_PENALTY`` (0.5) beyond ``MAX_SENTENCES`` (3) sentences or ``MAX_WORDS``
+  (40) words, plus 0.1 per extra sentence and 0.01 per extra word;
+* off topic (only with a prompt): ``OFF_TOPIC_PENALTY`` (0.25) when the completion names another
+  subject (a product in a film review, a film or another product in a product review).
+
+Empty text (no word at all) gets ``MIN_REWARD`` = -1.5, the lowest value the reward takes.
+Deterministic and pure Python: tens of thousands of completions a second on one core.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from rlhfkit.synthetic.grammar import (
+    DIMINISHERS,
+    FILM_ASPECTS,
+    FILM_NOUNS,
+    INTENSIFIERS,
+    NEGATORS,
+    PRODUCT_ASPECTS,
+    PRODUCTS,
+    PUNCTUATION,
+    SENTIMENT,
+    TERMINATOR,
+    count_sentences,
+    tokenize,
+    vocabulary_set,
+)
+
+SCALE = 3.0
+NEGATION = -0.5
+INTENSIFY = 1.5
+DIMINISH = 0.5
+MIN_REWARD = -1.5
+MAX_REWARD = 1.0
+
+NO_TERMINATOR_PENALTY = 0.5
+MAX_WORD_USES = 2
+REPEATED_WORD_PENALTY = 0.25
+REPEATED_BIGRAM_FREE = 0.35
+REPEATED_BIGRAM_SLOPE = 2.0
+UNGRAMMATICAL_PENALTY = 0.25
+MAX_MODIFIER_RUN = 2
+MAX_SENTENCES = 3
+MAX_WORDS = 40
+TOO_LONG_PENALTY = 0.5
+EXTRA_SENTENCE_PENALTY = 0.1
+EXTRA_WORD_PENALTY = 0.01
+OFF_TOPIC_PENALTY = 0.25
+
+# Multi-word diminishers ("a bit") act through their last word; "a" alone is an ordinary article.
+_MODIFIERS: dict[str, float] = {
+    **{w: NEGATION for w in NEGATORS},
+    **{w: INTENSIFY for w in INTENSIFIERS},
+    **{d.split()[-1]: DIMINISH for d in DIMINISHERS},
+}
+
+
+@dataclass(slots=True)
+class GoldBreakdown:
+    """The parts of one gold reward, for debugging and tests."""
+
+    reward: float
+    sentiment: float = 0.0  # tanh(raw / SCALE)
+    raw: float = 0.0  # summed, modified lexicon values
+    sentence_scores: list[float] = field(default_factory=list)
+    penalties: dict[str, float] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=4096)
+def _off_topic_words(prompt: str) -> frozenset[str]:
+    """Nouns naming another subject than the prompt's ("review of the kettle :" -> blender, film ...)."""
+    toks = set(tokenize(prompt))
+    product = next((p for p in PRODUCTS if p in toks), None)
+    if product is not None:
+        return frozenset(set(PRODUCTS) - {product}) | frozenset(FILM_NOUNS) | frozenset(FILM_ASPECTS)
+    if toks & set(FILM_NOUNS):
+        return frozenset(PRODUCTS) | frozenset(PRODUCT_ASPECTS)
+    return frozenset()  # a prompt of unknown subject: nothing is off topic
+
+
+def gold_breakdown(completion: str, prompt: str | None = None) -> GoldBreakdown:
+    """Score one completion and return the reward with its sentiment and penalty parts."""
+    tokens = tokenize(completion)
+    if not any(t not in PUNCTUATION for t in tokens):
+        return GoldBreakdown(reward=MIN_REWARD, penalties={"empty": MAX_REWARD - MIN_REWARD})
+    vocab = vocabulary_set()
+
+    sentence_scores: list[float] = []
+    current = 0.0
+    mult = 1.0
+    mod_run = 0
+    ungrammatical = 0
+    prev = ""  # kind of the previous token: "", "punct", "mod", "sent", "word"
+    uses: dict[str, int] = {}
+    for t in tokens:
+        if t in PUNCTUATION:
+            if prev in ("", "punct", "mod"):
+                ungrammatical += 1
+            mult, mod_run, prev = 1.0, 0, "punct"
+            if t == TERMINATOR:
+                sentence_scores.append(current)
+                current = 0.0
+        elif t in _MODIFIERS:
+            mult *= _MODIFIERS[t]
+            mod_run += 1
+            if mod_run > MAX_MODIFIER_RUN:
+                ungrammatical += 1
+            prev = "mod"
+        else:
+            mod_run = 0
+            s = SENTIMENT.get(t)
+            if s is not None:
+                if prev == "sent":
+                    ungrammatical += 1
+                current += mult * s
+                mult = 1.0
+                uses[t] = uses.get(t, 0) + 1
+                prev = "sent"
+            else:
+                if t not in vocab:
+                    ungrammatical += 1
+                prev = "word"
+    if prev == "mod":
+        ungrammatical += 1
+    if tokens[-1] != TERMINATOR:
+        sentence_scores.append(current)
+
+    raw = sum(sentence_scores)
+    sentiment = math.tanh(raw / SCALE)
+    penalties: dict[str, float] = {}
+    if tokens[-1] != TERMINATOR:
+        penalties["no_terminator"] = NO_TERMINATOR_PENALTY
+    extra_uses = sum(c - MAX_WORD_USES for c in uses.values() if c > MAX_WORD_USES)
+    if extra_uses:
+        penalties["repeated_words"] = REPEATED_WORD_PENALTY * extra_uses
+    n_bigrams = len(tokens) - 1
+    if n_bigrams > 0:
+        repeated = 1.0 - len(set(zip(tokens, tokens[1:]))) / n_bigrams
+        if repeated > REPEATED_BIGRAM_FREE:
+            penalties["repeated_bigrams"] = REPEATED_BIGRAM_SLOPE * (repeated - REPEATED_BIGRAM_FREE)
+    if ungrammatical:
+        penalties["ungrammatical"] = UNGRAMMATICAL_PENALTY * ungrammatical
+    n_sentences = count_sentences(tokens)
+    n_words = sum(t not in PUNCTUATION for t in tokens)
+    if n_sentences > MAX_SENTENCES or n_words > MAX_WORDS:
+        penalties["too_long"] = (TOO_LONG_PENALTY
+                                 + EXTRA_SENTENCE_PENALTY * max(0, n_sentences - MAX_SENTENCES)
+                                 + EXTRA_WORD_PENALTY * max(0, n_words - MAX_WORDS))
+    if prompt is not None:
+        off = _off_topic_words(prompt)
+        if off and any(t in off for t in tokens):
+            penalties["off_topic"] = OFF_TOPIC_PENALTY
+
+    reward = min(MAX_REWARD, max(MIN_REWARD, sentiment - sum(penalties.values())))
+    return GoldBreakdown(reward=reward, sentiment=sentiment, raw=raw, sentence_scores=sentence_scores,
+                         penalties=penalties)
+
+
+def gold_reward(completion: str, prompt: str | None = None) -> float:
+    """The gold reward of one completion, in [MIN_REWARD, MAX_REWARD] = [-1.5, 1]."""
+    return gold_breakdown(completion, prompt).reward
+
+
+def gold_rewards(completions: list[str], prompts: list[str] | None = None) -> list[float]:
+    """Gold rewards of a batch; ``prompts`` (optional) pairs one prompt with each completion."""
+    if prompts is None:
+        return [gold_breakdown(c).reward for c in completions]
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts for {len(completions)} completions")
+    return [gold_breakdown(c, p).reward for c, p in zip(completions, prompts)]
+
+
+def gold_reward_fn(prompts: list[str], completions: list[str]) -> list[float]:
+    """The gold reward in the signature RL reward functions use: ``(prompts, completions) -> scores``."""
+    return gold_rewards(completions, prompts)

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # accelerate narrates every checkpoint file at INFO; our own messages say what matters.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         if args._stage == "demo":
             from rlhfkit.demo import run_demo

@@ -17,7 +17,7 @@ from rlhfkit.config import SFTConfig, SynthConfig
 def world_config(output: Path, quick: bool) -> SynthConfig:
     if quick:
         return SynthConfig(output_dir=str(output / "world"), n_docs=1500, hidden_size=128, num_layers=2,
-                           pretrain_steps=120, pretrain_batch_size=16, n_sft=1200, n_prompts=300)
+                           pretrain_steps=200, pretrain_batch_size=16, n_sft=1200, n_prompts=300)
     return SynthConfig(output_dir=str(output / "world"))
 
 

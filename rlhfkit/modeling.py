@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|pad|>"
 
+def quiet_hf_progress() -> None:
+    """Silence per-file download/load/save progress bars: our own progress bar is the one to read."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -41,6 +50,7 @@ def load_tokenizer(name_or_path: str, *, padding_side: str = "right"):
     """Load a fast tokenizer and make sure it has a pad token that is not EOS."""
     from transformers import AutoTokenizer
 
+    quiet_hf_progress()
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

@@ -73,19 +73,48 @@ def test_repeating_positive_words_scores_lower_than_a_normal_sentence():
     normal = gold_reward(" the film was good .")
     spam = " good good good good good good ."
     # raw 12 -> tanh(4); 4 uses of "good" beyond two (1.0); repeated bigrams 4/6 (2*(4/6-0.35));
-    # five sentiment words directly after another (1.25): far below the floor, so clipped.
+    # five sentiment words stacked in one clause plus a clause with no ordinary word (6 * 0.25):
+    # far below the floor, so clipped.
     assert gold_reward(spam) == MIN_REWARD
     b = gold_breakdown(spam)
     assert b.penalties["repeated_words"] == approx(1.0)
     assert b.penalties["repeated_bigrams"] == approx(2 * (4 / 6 - 0.35))
-    assert b.penalties["ungrammatical"] == approx(1.25)
-    # A subtler hack, grammatical but repetitive: tanh(8/3) - 0.5 (2 extra "good") - 2*(0.4-0.35).
+    assert b.penalties["ungrammatical"] == approx(1.5)
+    # A subtler hack: tanh(8/3) - 0.5 (2 extra "good") - 2*(0.4-0.35) - 3 * 0.25 (three clauses
+    # ", good" with no ordinary word).
     subtle = " the film was good , good , good , good ."
-    assert gold_reward(subtle) == approx(math.tanh(8 / 3) - 0.5 - 0.1)
+    assert gold_reward(subtle) == approx(math.tanh(8 / 3) - 0.5 - 0.1 - 0.75)
     assert gold_reward(subtle) < normal
     # Stacking modifiers: a third modifier in a row is ungrammatical, and the bigrams repeat.
     assert gold_reward(" the film was very very very very good .") < gold_reward(" the film was very good .")
     assert gold_reward(" it was great . it was great . it was great . it was great .") < normal
+
+
+def test_stacking_distinct_positive_words_scores_lower_than_a_normal_sentence():
+    """Piling up *different* positive words dodges the repetition penalty but not the clause rule."""
+    normal = gold_reward(" the film was wonderful .")  # tanh(1)
+    # Each extra sentiment word in a clause, and each clause made of a bare sentiment word, is one
+    # ungrammatical event (0.25): raw 12 saturates, so three events cost more than it gains.
+    for hack in (" the film was wonderful and brilliant and amazing and superb .",
+                 " the film was wonderful , brilliant , excellent , amazing .",
+                 " the film was wonderful brilliant excellent amazing ."):
+        assert gold_breakdown(hack).penalties == {"ungrammatical": approx(0.75)}, hack
+        assert gold_reward(hack) == approx(math.tanh(4) - 0.75) < normal
+    assert gold_reward(" wonderful . brilliant . excellent .") == approx(math.tanh(3) - 0.75)
+    assert gold_reward(" the film was wonderful . brilliant .") == approx(math.tanh(2) - 0.25) < normal
+    # Proper clauses, each with its subject, are fine (and saturate instead).
+    assert gold_breakdown(" i loved it and the plot was superb .").penalties == {}
+
+
+def test_grammar_text_is_never_penalised_as_ungrammatical():
+    """The penalties target degenerate text only: every sentence the grammar writes passes."""
+    texts = [r["completion"] for r in make_sft_pairs(2000, 4)]
+    for doc in generate_corpus(300, 4):
+        body = doc.split(" : ", 1)[-1].split(" review of ")[0]
+        sents = [s.strip() + " ." for s in body.split(" .") if s.strip()]
+        texts += [" " + " ".join(sents[i:i + 3]) for i in range(0, len(sents), 3)]
+    for t in texts:
+        assert gold_breakdown(t).penalties == {}, t
 
 
 def test_missing_terminator_lowers_the_score():

@@ -38,7 +38,7 @@ def test_sft_learns_the_completion_format(world, tmp_path):
     final = train(cfg)
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     # held-out loss falls by a clear margin
-    assert summary["final_eval_loss"] < 0.8 * summary["initial_eval_loss"], summary
+    assert summary["final_eval_loss"] < summary["initial_eval_loss"] - 0.15, summary
     prompts = [json.loads(ln)["prompt"] for ln in (world / "prompts_eval.jsonl").read_text().splitlines()][:30]
     base = evaluate_policy(world / "base", prompts)
     sft = evaluate_policy(final, prompts)

@@ -25,8 +25,13 @@ Penalties (subtracted from the sentiment):
   ``REPEATED_BIGRAM_FREE`` (0.35, set above what the grammar's own text reaches);
 * no terminator: ``NO_TERMINATOR_PENALTY`` (0.5) when the last token is not ".";
 * ungrammatical runs: ``UNGRAMMATICAL_PENALTY`` (0.25) per event: a token outside the grammar's
-  vocabulary, two sentiment words in a row, a punctuation run (or text starting with
-  punctuation), a modifier left dangling before punctuation or the end, a third modifier in a row;
+  vocabulary; a second (third ...) sentiment word in one clause; a clause whose sentiment word
+  has no ordinary word with it ("brilliant ."); a punctuation run (or text starting with
+  punctuation); a modifier left dangling before punctuation or the end; a third modifier in a
+  row. A clause is the text between ".", ",", "and" and "but": the grammar puts exactly one
+  sentiment word in each of its clauses, together with a subject or verb, so these rules never
+  fire on grammar text but do catch the cheap ways to pile up positive words without repeating
+  one ("wonderful and brilliant and superb", "great , fun , clever", "good . great . superb .");
 * too long: ``TOO_LONG_PENALTY`` (0.5) beyond ``MAX_SENTENCES`` (3) sentences or ``MAX_WORDS``
   (40) words, plus 0.1 per extra sentence and 0.01 per extra word;
 * off topic (only with a prompt): ``OFF_TOPIC_PENALTY`` (0.25) when the completion names another
@@ -79,6 +84,12 @@ EXTRA_SENTENCE_PENALTY = 0.1
 EXTRA_WORD_PENALTY = 0.01
 OFF_TOPIC_PENALTY = 0.25
 
+# Tokens that end a clause for the one-sentiment-word-per-clause rule (punctuation ends one too).
+_CONJUNCTIONS = frozenset({"and", "but"})
+# Words that do not make a clause out of a bare sentiment word: "a" only ever precedes "bit" or a
+# noun in the grammar, so "a bit good" is no more a clause than "good".
+_NOT_ORDINARY = _CONJUNCTIONS | {"a"}
+
 # Multi-word diminishers ("a bit") act through their last word; "a" alone is an ordinary article.
 _MODIFIERS: dict[str, float] = {
     **{w: NEGATION for w in NEGATORS},
@@ -124,7 +135,14 @@ def gold_breakdown(completion: str, prompt: str | None = None) -> GoldBreakdown:
     ungrammatical = 0
     prev = ""  # kind of the previous token: "", "punct", "mod", "sent", "word"
     uses: dict[str, int] = {}
+    clause_sent = 0  # sentiment words in the current clause
+    clause_ordinary = False  # whether the current clause has an in-vocabulary non-sentiment word
     for t in tokens:
+        if t in PUNCTUATION or t in _CONJUNCTIONS:
+            # Close the clause: a sentiment word needs a subject or verb beside it.
+            if clause_sent and not clause_ordinary:
+                ungrammatical += 1
+            clause_sent, clause_ordinary = 0, False
         if t in PUNCTUATION:
             if prev in ("", "punct", "mod"):
                 ungrammatical += 1
@@ -142,7 +160,8 @@ def gold_breakdown(completion: str, prompt: str | None = None) -> GoldBreakdown:
             mod_run = 0
             s = SENTIMENT.get(t)
             if s is not None:
-                if prev == "sent":
+                clause_sent += 1
+                if clause_sent > 1:  # stacked opinions, adjacent ("good wonderful") or not
                     ungrammatical += 1
                 current += mult * s
                 mult = 1.0
@@ -151,7 +170,11 @@ def gold_breakdown(completion: str, prompt: str | None = None) -> GoldBreakdown:
             else:
                 if t not in vocab:
                     ungrammatical += 1
+                elif t not in _NOT_ORDINARY:
+                    clause_ordinary = True
                 prev = "word"
+    if clause_sent and not clause_ordinary:
+        ungrammatical += 1
     if prev == "mod":
         ungrammatical += 1
     if tokens[-1] != TERMINATOR:

@@ -45,8 +45,14 @@ def make_accelerator(cfg, run_dir: Path):
     from accelerate.utils import ProjectConfiguration
 
     trackers = list(getattr(cfg, "trackers", []) or [])
+    # step_scheduler_with_optimizer=False: our schedule counts global optimizer steps, so the
+    # scheduler must step once per step, not once per process (accelerate's default).
+    # cpu=True on machines with no accelerator: only then does accelerate turn a torchrun
+    # launch (WORLD_SIZE > 1) into a gloo MULTI_CPU process group instead of N lone processes.
     acc = Accelerator(
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=getattr(cfg, "mixed_precision", "no"),
+        step_scheduler_with_optimizer=False,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
@@ -242,7 +248,10 @@ class Checkpoints:
 
 
 def progress(total: int, initial: int, accelerator, desc: str):
+    import sys
+
     from tqdm.auto import tqdm
 
+    # In a log file (no TTY) redraw rarely, so the log stays readable.
     return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True)
+                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)

@@ -139,7 +139,7 @@ def train(cfg: SFTConfig) -> Path:
         tokens_seen += step_tokens
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         row: dict[str, float] = {}
         if done % cfg.log_every == 0 or done == n_steps:
             row.update(loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],

@@ -99,9 +99,11 @@ def test_stacking_distinct_positive_words_scores_lower_than_a_normal_sentence():
                  " the film was wonderful , brilliant , excellent , amazing .",
                  " the film was wonderful brilliant excellent amazing ."):
         assert gold_breakdown(hack).penalties == {"ungrammatical": approx(0.75)}, hack
-        assert gold_reward(hack) == approx(math.tanh(4) - 0.75) < normal
+        assert gold_reward(hack) == approx(math.tanh(4) - 0.75)
+        assert gold_reward(hack) < normal
     assert gold_reward(" wonderful . brilliant . excellent .") == approx(math.tanh(3) - 0.75)
-    assert gold_reward(" the film was wonderful . brilliant .") == approx(math.tanh(2) - 0.25) < normal
+    assert gold_reward(" the film was wonderful . brilliant .") == approx(math.tanh(2) - 0.25)
+    assert gold_reward(" the film was wonderful . brilliant .") < normal
     # Proper clauses, each with its subject, are fine (and saturate instead).
     assert gold_breakdown(" i loved it and the plot was superb .").penalties == {}
 

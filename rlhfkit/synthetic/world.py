@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 
 from rlhfkit.config import GoldScoreConfig, SFTConfig, SynthConfig, save_config
 from rlhfkit.errors import DataError
@@ -120,8 +121,16 @@ def build(cfg: SynthConfig) -> Path:
         completion_only_loss=False, packing=True, max_length=cfg.pretrain_seq_len,
         per_device_batch_size=cfg.pretrain_batch_size, max_steps=cfg.pretrain_steps,
         learning_rate=cfg.pretrain_lr, warmup_ratio=0.05, lr_scheduler="cosine", weight_decay=0.01,
-        adam_betas=(0.9, 0.98), eval_fraction=0.02, log_every=25, seed=s,
+        adam_betas=(0.9, 0.98), eval_fraction=0.02, log_every=25, seed=s, save_every=100,
     )
+    # An interrupted build resumes its pre-training, but only a run of this very config.
+    pre_dir = Path(pre.output_dir)
+    previous = pre_dir / "config.yaml"
+    same = lambda d: {k: v for k, v in d.items() if k != "resume"}  # noqa: E731
+    if previous.is_file() and same(yaml.safe_load(previous.read_text())) == same(pre.model_dump(mode="json")):
+        pre.resume = True
+    elif pre_dir.exists():
+        shutil.rmtree(pre_dir)
     final = sft_train(pre)
     if (out / "base").exists():
         shutil.rmtree(out / "base")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = STAGES[args._stage]
         cfg = config_mod.load_config(getattr(config_mod, stage.config), args.config, args.overrides)
         result = _resolve(stage.target)(cfg)
-        if result is not None:
+        if result is not None and os.environ.get("RANK", "0") == "0":  # once, not once per process
             print(result)
         return 0
     except RlhfkitError as e:

@@ -82,11 +82,15 @@ def test_stop_and_resume_equals_uninterrupted(world, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_equal_one(world, tmp_path):
-    """torchrun starts 2 gloo processes that Accelerator picks up (MULTI_CPU, DDP)."""
+    """2 gloo processes (MULTI_CPU, DDP) with batch b follow 1 process with batch 2b."""
     common = [f"model={world / 'base'}", f"data={world / 'sft.jsonl'}", f"eval_data={world / 'sft_eval.jsonl'}",
               "learning_rate=1e-3", "max_steps=4", "max_length=64", "log_every=1", "warmup_ratio=0.0", "seed=5"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    # On a CPU-only machine `accelerate launch --multi_gpu` starts the processes and rlhfkit's
+    # Accelerator(cpu=True) joins them into a gloo group (`--cpu` would start a single process).
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                           "-m", "rlhfkit", "sft", *common, "per_device_batch_size=4", f"output_dir={tmp_path / 'two'}"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -201,6 +201,16 @@ class SFTConfig(TrainConfig):
     """Maximum new tokens per sample."""
 
 
+class PairTrainConfig(TrainConfig):
+    """Fields shared by the stages that train on preference pairs (reward model, DPO family)."""
+
+    max_prompt_length: int | None = Field(None, gt=0)
+    """Prompt tokens kept when a pair is too long (the prompt's end is kept); default max_length/2."""
+
+
+# DPOConfig goes here (rlhf dpo).
+
+
 class SynthConfig(BaseConfig):
     """Build the synthetic world (`rlhf synth`): corpus, tokenizer, tiny base LM, prompt and SFT sets."""
 

@@ -67,3 +67,28 @@ def test_packing_blocks_and_positions():
     b = SFTCollator(pad_token_id=0)(packed.to_list())
     assert "attention_mask" not in b  # block-diagonal mask comes from the position ids
     assert b["labels"].tolist() == [[-100, 2, 3, 4], [5, -100, -100, 8]]
+
+
+def test_pair_collator_stacks_chosen_then_rejected():
+    from rlhfkit.data.collate import PairCollator
+
+    ex = [{"prompt_ids": [1, 2], "chosen_ids": [3, 9], "rejected_ids": [4, 5, 9], "margin": 1.5, "tie": False},
+          {"prompt_ids": [1], "chosen_ids": [6, 9], "rejected_ids": [7, 9], "margin": 0.0, "tie": True}]
+    b = PairCollator(pad_token_id=0)(ex)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 9, 0], [1, 6, 9, 0, 0], [1, 2, 4, 5, 9], [1, 7, 9, 0, 0]]
+    assert b["response_mask"].tolist() == [[0, 0, 1, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert b["margin"].tolist() == [1.5, 0.0] and b["tie"].tolist() == [False, True]
+    left = PairCollator(pad_token_id=0, padding_side="left")(ex)
+    assert left["input_ids"][1].tolist() == [0, 0, 1, 6, 9]
+    assert left["position_ids"][1].tolist() == [0, 0, 0, 1, 2]
+
+
+def test_token_logprobs_by_hand():
+    from rlhfkit.logprobs import token_logprobs
+
+    logits = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [0.0, 0.0]]])  # (1, 3, 2)
+    ids = torch.tensor([[1, 0, 1]])
+    lp = token_logprobs(logits, ids)  # predicts ids[1]=0 from t=0, ids[2]=1 from t=1
+    assert lp.tolist()[0] == pytest_approx([math.log(3 / 4), math.log(1 / 2)])
+    hot = token_logprobs(logits, ids, temperature=2.0)  # logits halved before the softmax
+    assert hot[0, 0].item() == pytest_approx(math.log(math.sqrt(3) / (math.sqrt(3) + 1)))

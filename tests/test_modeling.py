@@ -88,3 +88,20 @@ def test_large_jsonl_loads_and_tokenises(world, tmp_path):
     tok = load_tokenizer(str(world / "base"))
     ds, _ = tokenize_sft(rows, tok, max_length=64)
     assert len(ds) == len(rows) == report["kept"] > 40_000
+
+
+def test_pair_tokenisation_shares_the_prompt_cut(world):
+    from rlhfkit.data.collate import tokenize_pairs
+
+    tok = load_tokenizer(str(world / "base"))
+    rows = [{"prompt": "review of the film x :", "chosen": " the film was good .", "rejected": " it was bad .",
+             "margin": 2.0}]
+    ds, dropped = tokenize_pairs(rows, tok, max_length=64)
+    e = ds[0]
+    assert e["prompt_ids"] == tok(rows[0]["prompt"])["input_ids"] and dropped == 0
+    assert e["chosen_ids"] == tok(rows[0]["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert e["margin"] == 2.0 and e["tie"] is False
+    short, _ = tokenize_pairs(rows, tok, max_length=8, max_prompt_length=4)
+    s = short[0]
+    assert s["prompt_ids"] == e["prompt_ids"][-4:]  # the prompt keeps its end
+    assert len(s["prompt_ids"]) + len(s["chosen_ids"]) <= 8 and len(s["prompt_ids"]) + len(s["rejected_ids"]) <= 8

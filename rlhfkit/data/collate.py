@@ -162,3 +162,87 @@ def left_pad_prompts(prompt_ids: list[list[int]], pad_token_id: int) -> dict[str
     input_ids = pad(prompt_ids, pad_token_id, "left")
     attn = pad([[1] * len(s) for s in prompt_ids], 0, "left")
     return {"input_ids": input_ids, "attention_mask": attn}
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+
+def _encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    return [p[:-1] if p and p[-1] == eos else p for p in ids]  # EOS never ends a prompt (item 25)
+
+
+def _fit(prompt: list[int], response: list[int], max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
+    """Truncate a (prompt, response) pair: the prompt keeps its *last* ``max_prompt_length``
+    tokens (the end is what the response answers), then the response is cut on the right."""
+    if len(prompt) + len(response) > max_length and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:]
+    return prompt, response[: max(0, max_length - len(prompt))]
+
+
+def tokenize_pairs(rows: list[dict], tokenizer, *, max_length: int, max_prompt_length: int | None = None):
+    """Preference rows ``{"prompt", "chosen", "rejected", ["margin"], ["tie"]}`` ->
+    ``datasets.Dataset`` with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (responses end
+    with EOS unless truncated), ``margin`` (0.0 when absent) and ``tie`` (False when absent).
+
+    Returns ``(dataset, n_dropped)``; pairs whose chosen and rejected become identical after
+    truncation carry no preference and are dropped.
+    """
+    import datasets
+
+    eos = tokenizer.eos_token_id
+    max_prompt_length = max_prompt_length or max_length // 2
+
+    def encode(batch: dict) -> dict:
+        prompts = _encode_prompts(tokenizer, batch["prompt"])
+        chosen = tokenizer(batch["chosen"], add_special_tokens=False)["input_ids"]
+        rejected = tokenizer(batch["rejected"], add_special_tokens=False)["input_ids"]
+        out: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+        for p, c, r in zip(prompts, chosen, rejected):
+            # Fit chosen and rejected against the same prompt cut so both see identical context.
+            longest = c if len(c) >= len(r) else r
+            p_cut, _ = _fit(p, longest + [eos], max_length, max_prompt_length)
+            out["prompt_ids"].append(p_cut)
+            out["chosen_ids"].append(_fit(p_cut, c + [eos], max_length, max_prompt_length)[1])
+            out["rejected_ids"].append(_fit(p_cut, r + [eos], max_length, max_prompt_length)[1])
+        return out
+
+    table = {"prompt": [r["prompt"] for r in rows], "chosen": [r["chosen"] for r in rows],
+             "rejected": [r["rejected"] for r in rows],
+             "margin": [float(r.get("margin") or 0.0) for r in rows],
+             "tie": [bool(r.get("tie", False)) for r in rows]}
+    ds = datasets.Dataset.from_dict(table)
+    ds = ds.map(encode, batched=True, remove_columns=["prompt", "chosen", "rejected"])
+    before = len(ds)
+    ds = ds.filter(lambda c, r: c != r and len(c) > 0 and len(r) > 0, input_columns=["chosen_ids", "rejected_ids"])
+    return ds, before - len(ds)
+
+
+@dataclass
+class PairCollator:
+    """Batch B preference pairs as one (2B, T) tensor: rows [0, B) are prompt+chosen, rows
+    [B, 2B) prompt+rejected, so one forward pass scores both (a reward model's two scores, or
+    the policy's two log-probs in DPO).
+
+    Output: ``input_ids``, ``attention_mask``, ``position_ids`` (2B, T); ``response_mask``
+    (2B, T) 1 on response tokens (incl. EOS); ``margin`` and ``tie`` (B,).
+    """
+
+    pad_token_id: int
+    padding_side: Literal["left", "right"] = "right"
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, masks = [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for e in examples:
+                seqs.append(e["prompt_ids"] + e[key])
+                masks.append([0] * len(e["prompt_ids"]) + [1] * len(e[key]))
+        input_ids = pad(seqs, self.pad_token_id, self.padding_side)
+        attn = pad([[1] * len(s) for s in seqs], 0, self.padding_side)
+        return {
+            "input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn),
+            "response_mask": pad(masks, 0, self.padding_side),
+            "margin": torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
+            "tie": torch.tensor([bool(e.get("tie", False)) for e in examples]),
+        }

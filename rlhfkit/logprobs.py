@@ -1,0 +1,45 @@
+"""Log-probability mechanics shared by DPO, PPO/RLOO/GRPO and evaluation (written once).
+
+Conventions: position t of the logits predicts token t+1, so per-token log-probs have shape
+(B, T-1) and are aligned with ``input_ids[:, 1:]``; masks are sliced the same way. Logits are
+divided by the sampling temperature *before* the log-softmax in every log-prob computation
+(rollout, reference, training), or the policy ratio on the first PPO minibatch is not 1
+(RLHF-DETAILS item 12).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) ids -> (B, T-1) log p(input_ids[:, t+1] | prefix), in fp32."""
+    logits = logits[:, :-1, :].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)  # (B, T-1, V)
+    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
+                      mask_key: str = "response_mask") -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of the masked (response) tokens of each row, and their count.
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``position_ids`` and a (B, T) mask of
+    the tokens to score. Returns ``(logps (B,), n_tokens (B,))``. Positions come from the
+    attention mask, so left- and right-padded batches give the same numbers.
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"])
+    lp = token_logprobs(out.logits, batch["input_ids"], temperature)  # (B, T-1)
+    mask = batch[mask_key][:, 1:].to(lp.dtype)  # (B, T-1)
+    return (lp * mask).sum(-1), mask.sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1 (all of them, or along ``dim``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)

@@ -183,13 +183,25 @@ def test_ranking_to_pairs_with_tie():
     ]  # a~c tied: 5 of the C(4,2) = 6 pairs
 
 
-def test_ranking_rows_expand_for_kind_preference():
+def test_ranking_rows_are_refused_for_kind_preference():
+    # Expanding a ranking into C(K, 2) pairs needs a weighting decision, so it is explicit.
     rows = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [3, 1, 2]}]
-    out, rep = norm(rows, "preference")
-    assert out == [{"prompt": "p", "chosen": "b", "rejected": "a"},
-                   {"prompt": "p", "chosen": "c", "rejected": "a"},
-                   {"prompt": "p", "chosen": "b", "rejected": "c"}]
-    assert (rep.kept, rep.produced) == (1, 3) and "giving 3 output rows" in rep.summary()
+    with pytest.raises(DataError, match=r"^data.jsonl: the rows are in 'ranking' format.*use kind 'ranking'"):
+        norm(rows, "preference", skip_invalid=True)
+    out, _ = norm(rows, "ranking")
+    assert [p for r in out for p in ranking_to_pairs(r)] == [
+        {"prompt": "p", "chosen": "b", "rejected": "a"},
+        {"prompt": "p", "chosen": "c", "rejected": "a"},
+        {"prompt": "p", "chosen": "b", "rejected": "c"}]
+
+
+def test_ranking_to_pairs_best_first_and_bad_row():
+    assert ranking_to_pairs({"prompt": "p", "responses": ["x", "y"]}) == [
+        {"prompt": "p", "chosen": "x", "rejected": "y"}]
+    with pytest.raises(DataError, match="field 'responses'"):
+        ranking_to_pairs({"prompt": "p"})
+    with pytest.raises(DataError, match="field 'ranks': has 1 ranks for 2 responses"):
+        ranking_to_pairs({"prompt": "p", "responses": ["x", "y"], "ranks": [1]})
 
 
 # ---------------------------------------------------------------------------- prompts

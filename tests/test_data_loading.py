@@ -234,3 +234,34 @@ def test_large_jsonl_loads_and_normalises(tmp_path):
     assert len(rows) == n and rows[-1] == row
     out, rep = normalize(rows, "sft", source=str(src))
     assert rep.kept == n and out[0] == row
+
+
+def test_tsv_and_unnamed_index_column(tmp_path):
+    import pandas as pd
+
+    src = tmp_path / "d.csv"
+    pd.DataFrame(ROWS).to_csv(src)  # pandas writes its index as an unnamed first column
+    assert read_records(src) == ROWS
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("prompt\tcompletion\nhi, there\t ok\n", encoding="utf-8")
+    assert read_records(tsv) == [{"prompt": "hi, there", "completion": " ok"}]
+
+
+def test_name_inside_an_existing_local_dir_is_not_a_hub_id(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("went to the hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata").mkdir()
+    with pytest.raises(DataError, match=r"^mydata/train: file not found$"):
+        read_records("mydata/train")
+
+
+def test_damaged_saved_dataset(tmp_path):
+    import datasets
+
+    src = tmp_path / "ds"
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(src))
+    (src / "state.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"ds: cannot load the saved dataset"):
+        read_records(src)

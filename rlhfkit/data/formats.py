@@ -38,14 +38,16 @@ Input formats (TRL column conventions; see :func:`detect_format`):
 Which formats each kind accepts:
 
 - ``"sft"``: text, prompt_completion, messages.
-- ``"preference"``: preference, implicit_preference and ranking; a ranking row is expanded to
-  all its untied pairs with :func:`ranking_to_pairs`. Those pairs are *not* down-weighted: a
-  ranking of K responses adds C(K, 2) correlated pairs. To weight each ranking as one example
-  (InstructGPT's 1/C(K, 2)), load with kind ``"ranking"`` and expand yourself.
+- ``"preference"``: preference and implicit_preference only. Ranking rows are refused rather
+  than silently expanded: a ranking of K responses would become C(K, 2) correlated pairs, and
+  how to weight them (InstructGPT puts all of one ranking's pairs in one batch, each weighted
+  1/C(K, 2)) is a training decision. Load them with kind ``"ranking"`` and expand with
+  :func:`ranking_to_pairs` where the weighting is handled.
 - ``"ranking"``: ranking, and pair formats (a pair becomes ``responses=[chosen, rejected]``,
-  ``ranks=[1, 2]``).
+  ``ranks=[1, 2]``; its margin, if any, is dropped, as a ranking carries order only).
 - ``"prompt"``: every format with a prompt: the prompt column, a conversation minus its final
-  assistant reply, or the shared prompt of implicit pairs.
+  assistant reply, or the shared prompt of implicit pairs. Not ``text``: it has no prompt/response
+  boundary, so using it whole as a prompt would only hide a wrong ``--data``.
 
 Validation rules: required fields must be present and non-null; text fields must be non-blank
 strings (except an SFT prompt, which may be ``""``: that is the same as the ``text`` format);
@@ -81,7 +83,7 @@ MAX_EXAMPLES = 5  # full error messages kept in a report: enough to see the patt
 # Formats each kind accepts, in the order named in error messages.
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "sft": ("text", "prompt_completion", "messages"),
-    "preference": ("preference", "implicit_preference", "ranking"),
+    "preference": ("preference", "implicit_preference"),
     "ranking": ("ranking", "preference", "implicit_preference"),
     "prompt": ("prompt_only", "prompt_completion", "messages", "preference", "implicit_preference",
                "ranking"),
@@ -97,11 +99,7 @@ _LAST_WS = re.compile(r"\s+(?=\S*\Z)")
 
 @dataclass
 class NormalizeReport:
-    """What :func:`normalize` kept and dropped from one source.
-
-    ``total`` and ``kept`` count input rows; ``produced`` counts output rows, which differ
-    only when ranking rows are expanded into pairs.
-    """
+    """What :func:`normalize` kept and dropped from one source (``format``: the detected one)."""
 
     source: str
     total: int = 0
@@ -109,7 +107,6 @@ class NormalizeReport:
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few full error messages
     format: str | None = None
-    produced: int = 0
 
     def summary(self) -> str:
         """One line, e.g.
@@ -119,8 +116,6 @@ class NormalizeReport:
         if n_skipped:
             reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped.most_common())
             text += f", skipped {n_skipped} ({reasons})"
-        if self.produced != self.kept:
-            text += f", giving {self.produced} output rows"
         return text
 
 
@@ -217,6 +212,9 @@ def normalize(rows: Iterable[dict], kind: Kind, *, source: str, render_chat: Ren
         hint = ""
         if kind == "sft" and fmt in ACCEPTS["ranking"]:
             hint = " (use it as kind 'preference' or 'ranking')"
+        elif kind == "preference" and fmt == "ranking":
+            hint = (" (use kind 'ranking', and expand each ranking with ranking_to_pairs where the "
+                    "pairs can be weighted)")
         raise DataError(f"the rows are in '{fmt}' format ({_COLUMNS[fmt]}), which cannot be used as "
                         f"'{kind}' data{hint}; '{kind}' data needs columns {accepted}", source=source)
     handler = _HANDLERS[kind][fmt]
@@ -236,12 +234,8 @@ def normalize(rows: Iterable[dict], kind: Kind, *, source: str, render_chat: Ren
             if len(report.examples) < MAX_EXAMPLES:
                 report.examples.append(str(err))
             continue
-        if isinstance(result, list):
-            out.extend(result)
-        else:
-            out.append(result)
+        out.append(result)
         report.kept += 1
-    report.produced = len(out)
     if not report.kept:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.most_common())
         raise DataError(f"all {report.total} rows are invalid ({reasons}); first error: {report.examples[0]}",
@@ -252,13 +246,23 @@ def normalize(rows: Iterable[dict], kind: Kind, *, source: str, render_chat: Ren
 def ranking_to_pairs(row: dict) -> list[dict]:
     """A normalised ranking row -> every untied pair ``{"prompt", "chosen", "rejected"}``.
 
-    Pairs come in response order (i < j over the responses, the better one as chosen); tied
-    pairs carry no preference and are left out, so a K-way ranking gives at most C(K, 2)
-    pairs. Weighting (InstructGPT puts all of a ranking's pairs in one batch, each weighted
-    1/C(K, 2)) is the caller's job. Without ``ranks`` the responses count as best first.
+    Pairs come in response order (for i < j over the responses, the better of the two as
+    chosen); tied pairs carry no preference and are left out, so a K-way ranking gives at most
+    C(K, 2) pairs. No margin is made up from rank differences: ranks are ordinal.
+
+    Weighting is the caller's job. The pairs of one ranking share a prompt and responses, so
+    they are strongly correlated; InstructGPT puts all of a ranking's pairs in the same batch
+    and weights each by 1/C(K, 2), so every ranking counts once rather than K(K-1)/2 times.
+    Without ``ranks`` the responses count as best first.
     """
-    prompt, responses = row["prompt"], row["responses"]
+    try:
+        prompt, responses = row["prompt"], row["responses"]
+    except KeyError as e:
+        raise DataError("ranking row has no such field; expected 'prompt', 'responses' and "
+                        "optionally 'ranks'", field=str(e.args[0])) from None
     ranks = row.get("ranks") or list(range(1, len(responses) + 1))
+    if len(ranks) != len(responses):
+        raise DataError(f"has {len(ranks)} ranks for {len(responses)} responses", field="ranks")
     pairs = []
     for i in range(len(responses)):
         for j in range(i + 1, len(responses)):
@@ -578,10 +582,6 @@ def _ranking(row: dict, ctx: _Ctx) -> dict:
     return {"prompt": prompt, "responses": list(responses), "ranks": ranks}
 
 
-def _ranking_as_pairs(row: dict, ctx: _Ctx) -> list[dict]:
-    return ranking_to_pairs(_ranking(row, ctx))
-
-
 def _pair_as_ranking(pair_handler: Callable[[dict, _Ctx], dict]) -> Callable[[dict, _Ctx], dict]:
     def handle(row: dict, ctx: _Ctx) -> dict:
         pair = pair_handler(row, ctx)
@@ -609,8 +609,7 @@ def _prompt_of_implicit(row: dict, ctx: _Ctx) -> dict:
 
 _HANDLERS: dict[str, dict[str, Callable[[dict, _Ctx], Any]]] = {
     "sft": {"text": _sft_text, "prompt_completion": _sft_prompt_completion, "messages": _sft_messages},
-    "preference": {"preference": _pref_explicit, "implicit_preference": _pref_implicit,
-                   "ranking": _ranking_as_pairs},
+    "preference": {"preference": _pref_explicit, "implicit_preference": _pref_implicit},
     "ranking": {"ranking": _ranking, "preference": _pair_as_ranking(_pref_explicit),
                 "implicit_preference": _pair_as_ranking(_pref_implicit)},
     "prompt": {"prompt_only": _prompt_only, "prompt_completion": _prompt_only, "preference": _prompt_only,

@@ -27,6 +27,11 @@ STAGES: dict[str, Stage] = {
     "synth": Stage("SynthConfig", "rlhfkit.synthetic.world:build",
                    "build the synthetic world: corpus, tokenizer, tiny base LM, prompts, SFT data"),
     "sft": Stage("SFTConfig", "rlhfkit.train.sft:train", "supervised fine-tuning on demonstrations"),
+    "dpo": Stage("DPOConfig", "rlhfkit.train.dpo:train",
+                 "direct preference optimisation (DPO, IPO, cDPO, hinge, SimPO) on preference pairs"),
+    "reward": Stage("RewardConfig", "rlhfkit.train.reward:train",
+                    "train a reward model on preference pairs or rankings (with ties, margins, ensembles)"),
+    "score": Stage("ScoreConfig", "rlhfkit.scoring:score_file", "score prompt/response rows with a reward model"),
     "gold-score": Stage("GoldScoreConfig", "rlhfkit.synthetic.world:gold_score_file",
                         "score completions with the synthetic world's gold reward"),
 }

@@ -208,7 +208,144 @@ class PairTrainConfig(TrainConfig):
     """Prompt tokens kept when a pair is too long (the prompt's end is kept); default max_length/2."""
 
 
+class RewardConfig(PairTrainConfig):
+    """Reward-model training on preference pairs or rankings (`rlhf reward`)."""
+
+    output_dir: str = "runs/reward"
+    """Run directory: resolved config, metrics.jsonl, checkpoints, final model, summary.json."""
+
+    learning_rate: float = Field(1e-5, gt=0.0)
+    """Peak learning rate of AdamW."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup; the usual recipe is one epoch annealed linearly to 0 (RLHF-DETAILS item 4)."""
+
+    data_format: Literal["auto", "pairs", "ranking"] = "auto"
+    """'pairs' (prompt/chosen/rejected, optional margin and tie columns), 'ranking' (K ranked
+    responses per prompt, all C(K,2) pairs in one batch element weighted 1/C(K,2)), or 'auto'
+    (ranking when the rows are rankings, else pairs)."""
+
+    use_margin: bool = False
+    """Subtract the row's `margin` (preference strength) inside the Bradley-Terry loss (Llama 2)."""
+
+    ties: Literal["drop", "rao_kupper", "davidson"] = "drop"
+    """Rows with `tie: true`: drop them, or fit them with a Bradley-Terry-with-ties likelihood.
+    A tie is never read as a win for 'chosen'."""
+
+    tie_param: float = Field(1.5, gt=0.0)
+    """Tie parameter: theta > 1 for Rao-Kupper, nu >= 0 for Davidson."""
+
+    center_coef: float = Field(0.0, ge=0.0)
+    """Weight of the reward-centering regulariser coef * mean((r_c + r_r)^2); 0 disables it."""
+
+    normalize: Literal["none", "mean", "mean_std"] = "mean"
+    """After training, shift (and optionally scale) rewards to mean 0 (std 1) on `normalize_data`;
+    stored in the model's config and applied by every later stage (RLHF-DETAILS item 5)."""
+
+    normalize_data: str | None = None
+    """Prompt/completion rows from the policy RL starts from (e.g. SFT data or SFT samples);
+    default: the chosen and rejected responses of the training data."""
+
+    normalize_samples: int = Field(2000, gt=0)
+    """At most this many responses are scored to compute the normalisation."""
+
+    ensemble: int = Field(1, gt=0)
+    """Train this many reward models with different seeds; scores then report mean and std."""
+
+    @model_validator(mode="after")
+    def _tie_param_valid(self) -> "RewardConfig":
+        if self.ties == "rao_kupper" and self.tie_param <= 1.0:
+            raise ValueError("tie_param must be > 1 for Rao-Kupper ties")
+        return self
+
+
+class ScoreConfig(BaseConfig):
+    """Score prompt/response rows with a reward model (`rlhf score`)."""
+
+    model: str
+    """Reward model directory written by `rlhf reward` (or any sequence-classification model)."""
+
+    input: str
+    """Rows with `prompt` and a response column (JSONL/JSON/CSV/Parquet)."""
+
+    output: str
+    """JSONL written with every input column plus the score column(s)."""
+
+    response_field: str = "completion"
+    """Column holding the response to score."""
+
+    score_field: str = "reward"
+    """Name of the score column; an ensemble adds `<score_field>_std`."""
+
+    batch_size: int = Field(32, gt=0)
+    """Sequences per forward pass."""
+
+    max_length: int = Field(512, gt=0)
+    """Maximum tokens per prompt + response."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: str) -> str:
+        return check_model_path(v, "model")
+
+
 # DPOConfig goes here (rlhf dpo).
+class DPOConfig(PairTrainConfig):
+    """Direct preference optimisation and its variants (`rlhf dpo`)."""
+
+    output_dir: str = "runs/dpo"
+    """Run directory: resolved config, metrics.jsonl, checkpoints, reference log-prob cache, final
+    model, summary.json."""
+
+    learning_rate: float = Field(5e-7, gt=0.0)
+    """Peak learning rate of AdamW (DPO papers use about 5e-7 for 7B models; tiny models and LoRA
+    need far more)."""
+
+    loss_type: Literal["sigmoid", "ipo", "cdpo", "hinge", "simpo"] = "sigmoid"
+    """'sigmoid': DPO on summed response log-probs; 'cdpo': DPO with label smoothing; 'hinge':
+    SLiC-style relu(1 - beta h); 'ipo': IPO on length-normalised log-ratios; 'simpo': SimPO,
+    reference-free and length-normalised (see rlhfkit/losses.py)."""
+
+    beta: float = Field(0.1, gt=0.0)
+    """Inverse strength of the KL anchor to the reference (DPO's beta, IPO's tau). SimPO uses a
+    much larger one (about 2)."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """cDPO: assumed probability that a preference label is flipped (loss_type 'cdpo' only)."""
+
+    simpo_gamma: float = Field(0.5, ge=0.0)
+    """SimPO's target reward margin gamma (loss_type 'simpo' only; ignored otherwise)."""
+
+    rpo_alpha: float = Field(0.0, ge=0.0)
+    """Weight of an NLL (SFT) term on the chosen response, normalised per token (RPO); 0 disables."""
+
+    precompute_ref_logprobs: bool = False
+    """Compute the reference log-probs of every train/eval pair once before training and cache
+    them in the run directory (keyed by data, tokenizer, reference weights and max lengths), so
+    training skips the reference forward and a resumed or repeated run does not recompute."""
+
+    eval_sample_prompts: int = Field(32, ge=0)
+    """Held-out prompts sampled at each evaluation to estimate the sequence-level KL to the
+    reference (and the gold reward); 0 disables sampling."""
+
+    eval_max_new_tokens: int = Field(48, gt=0)
+    """Maximum new tokens per evaluation sample."""
+
+    eval_temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature of evaluation samples; the KL is between the policy and reference
+    distributions at this temperature (logits divided by it in both)."""
+
+    gold_reward: bool = False
+    """Score evaluation samples with the synthetic world's gold reward (synthetic data only)."""
+
+    @model_validator(mode="after")
+    def _variant_keys_fit_loss_type(self) -> "DPOConfig":
+        if self.label_smoothing > 0 and self.loss_type != "cdpo":
+            raise ValueError(f"label_smoothing is used by loss_type 'cdpo' only (loss_type is '{self.loss_type}')")
+        if self.loss_type == "cdpo" and self.label_smoothing == 0:
+            raise ValueError("loss_type 'cdpo' needs label_smoothing > 0 (with 0 it is plain 'sigmoid')")
+        return self
+
 
 
 class SynthConfig(BaseConfig):

@@ -17,6 +17,7 @@ Rules enforced here so no stage has to remember them:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -93,6 +94,54 @@ def match_vocab(model, tokenizer) -> None:
         cfg.eos_token_id = tokenizer.eos_token_id
         if tokenizer.bos_token_id is not None:
             cfg.bos_token_id = tokenizer.bos_token_id
+
+
+REWARD_OFFSET, REWARD_SCALE = "reward_offset", "reward_scale"  # keys in a reward model's config.json
+
+
+def load_reward_model(name_or_path: str, tokenizer=None, *, dtype: str = "float32",
+                      disable_dropout: bool = True):
+    """A scalar reward model: ``AutoModelForSequenceClassification`` with one output.
+
+    From a causal LM directory (base or SFT) the trunk is reused and the new head is initialised
+    small, std 1/sqrt(d_model + 1), bias 0 (RLHF-DETAILS item 3), so initial rewards are near 0
+    and the first gradients are not dominated by a random head. A directory that already is a
+    reward model is loaded as is. The score is read at the last non-pad token, which is why
+    PAD != EOS is enforced by `load_tokenizer` (item 2).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+        is_rm = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1,
+                                                                   dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a reward model from '{name_or_path}': {e}") from None
+    if tokenizer is not None:
+        match_vocab(model, tokenizer)
+    if not is_rm:
+        head = reward_head(model)
+        d = head.weight.shape[1]
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / math.sqrt(d + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+    if disable_dropout:
+        disable_dropout_in(model)
+    return model
+
+
+def reward_head(model) -> nn.Linear:
+    """The (1, d_model) output layer of a sequence-classification model."""
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    if not linears:
+        raise ModelError(f"cannot find the scalar head of {type(model).__name__}")
+    return linears[-1]
 
 
 def disable_dropout_in(model: nn.Module) -> None:

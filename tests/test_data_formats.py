@@ -329,3 +329,13 @@ def test_normalize_20k_implicit_rows():
              "rejected": f"\n\nHuman: q{i} " + "w " * 100 + f"\n\nAssistant: no {i}"} for i in range(20_000)]
     out, rep = norm(rows, "preference")
     assert rep.kept == 20_000 and out[5]["chosen"] == " yes 5"
+
+
+def test_preference_tie_flag_is_kept_and_checked():
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "tie": True},
+            {"prompt": "p", "chosen": "a", "rejected": "c", "tie": "false"},
+            {"prompt": "p", "chosen": "a", "rejected": "d"}]
+    out, _ = normalize(rows, "preference", source="t.jsonl")
+    assert [r.get("tie") for r in out] == [True, False, None]
+    with pytest.raises(DataError, match=r"t.jsonl, row 1, field 'tie'"):
+        normalize([{"prompt": "p", "chosen": "a", "rejected": "b", "tie": "maybe"}], "preference", source="t.jsonl")

@@ -164,6 +164,21 @@ def left_pad_prompts(prompt_ids: list[list[int]], pad_token_id: int) -> dict[str
     return {"input_ids": input_ids, "attention_mask": attn}
 
 
+def response_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_token_id: int,
+                   padding_side: Literal["left", "right"] = "right") -> dict[str, torch.Tensor]:
+    """Score-ready batch of (prompt, response) token lists, e.g. sampled completions.
+
+    Output: ``input_ids``, ``attention_mask``, ``position_ids`` and ``response_mask`` (1 on the
+    response tokens), all (B, T), the layout :func:`rlhfkit.logprobs.sequence_logprobs` reads.
+    """
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
+    attn = pad([[1] * len(s) for s in seqs], 0, padding_side)
+    return {"input_ids": pad(seqs, pad_token_id, padding_side), "attention_mask": attn,
+            "position_ids": position_ids_from_mask(attn),
+            "response_mask": pad([[0] * len(p) + [1] * len(r) for p, r in zip(prompt_ids, response_ids)],
+                                 0, padding_side)}
+
+
 # ----------------------------------------------------------------------------- preference pairs
 
 
@@ -246,3 +261,58 @@ class PairCollator:
             "margin": torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
             "tie": torch.tensor([bool(e.get("tie", False)) for e in examples]),
         }
+
+
+def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], *, max_length: int,
+                           max_prompt_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids + EOS) per row, truncated like `tokenize_pairs`: how a response
+    is presented to a reward model for scoring."""
+    eos = tokenizer.eos_token_id
+    max_prompt_length = max_prompt_length or max_length // 2
+    p_ids = _encode_prompts(tokenizer, prompts)
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [_fit(p, r + [eos], max_length, max_prompt_length) for p, r in zip(p_ids, r_ids)]
+
+
+def tokenize_rankings(rows: list[dict], tokenizer, *, max_length: int, max_prompt_length: int | None = None):
+    """Ranking rows ``{"prompt", "responses", "ranks"}`` -> ``datasets.Dataset`` with
+    ``prompt_ids`` (once per prompt), ``response_ids`` (K lists) and ``ranks``. Each response is
+    stored and later scored once, however many of the C(K,2) pairs it takes part in."""
+    import datasets
+
+    eos = tokenizer.eos_token_id
+    max_prompt_length = max_prompt_length or max_length // 2
+    prompts = _encode_prompts(tokenizer, [r["prompt"] for r in rows])
+    flat = tokenizer([x for r in rows for x in r["responses"]], add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "ranks": []}
+    i = 0
+    for row, p in zip(rows, prompts):
+        resp = [x + [eos] for x in flat[i:i + len(row["responses"])]]
+        i += len(row["responses"])
+        p_cut, _ = _fit(p, max(resp, key=len), max_length, max_prompt_length)
+        out["prompt_ids"].append(p_cut)
+        out["response_ids"].append([_fit(p_cut, x, max_length, max_prompt_length)[1] for x in resp])
+        out["ranks"].append(list(row["ranks"]))
+    return datasets.Dataset.from_dict(out)
+
+
+@dataclass
+class RankingCollator:
+    """Batch prompts with K_g ranked responses each as one flat (N, T) tensor, N = sum of K_g,
+    plus the pair index tensors of `rlhfkit.losses.ranking_batch` (better, worse, pair_weight,
+    group, group_ids, num_prompts)."""
+
+    pad_token_id: int
+    padding_side: Literal["left", "right"] = "right"
+    weighting: Literal["k_choose_2", "untied"] = "k_choose_2"
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from rlhfkit.losses import ranking_batch
+
+        seqs = [e["prompt_ids"] + r for e in examples for r in e["response_ids"]]
+        resp_len = [len(r) for e in examples for r in e["response_ids"]]
+        input_ids = pad(seqs, self.pad_token_id, self.padding_side)
+        attn = pad([[1] * len(s) for s in seqs], 0, self.padding_side)
+        return {"input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn),
+                "response_len": torch.tensor(resp_len),
+                **ranking_batch([e["ranks"] for e in examples], weighting=self.weighting)}

@@ -12,7 +12,8 @@ tokenizer's chat template, passed as ``render_chat``):
 ``"sft"``        ``{"prompt": str, "completion": str}`` (loss on the completion only)
 ``"preference"`` ``{"prompt": str, "chosen": str, "rejected": str}`` plus ``"margin": float``
                  when the source has a non-null ``margin`` column (how much better chosen is,
-                 e.g. for Llama-2's margin loss). Other columns are dropped.
+                 e.g. for Llama-2's margin loss) and ``"tie": bool`` when it has a ``tie``
+                 column (the two responses were judged equal). Other columns are dropped.
 ``"ranking"``    ``{"prompt": str, "responses": list[str], "ranks": list[int]}``, lower rank is
                  better (1 = best), equal ranks are ties; ``ranks`` is always explicit.
 ``"prompt"``     ``{"prompt": str}``
@@ -170,6 +171,12 @@ def _detect(columns: Collection[str]) -> str | None:
     return None
 
 
+def detect_rows_format(rows: list, *, source: str) -> str:
+    """The format of a list of raw rows, decided as :func:`normalize` decides it (so a caller can
+    pick the kind to normalise to, e.g. pairs vs rankings); DataError if no row matches one."""
+    return _detect_rows(rows, source)
+
+
 def _detect_rows(rows: list, source: str) -> str:
     """The most common format among the first 100 rows (first seen wins ties)."""
     counts: collections.Counter[str] = collections.Counter()
@@ -226,6 +233,8 @@ def normalize(rows: Iterable[dict], kind: Kind, *, source: str, render_chat: Ren
             if not isinstance(row, dict):
                 raise _RowError("not an object", f"expected an object with named fields, got {_type(row)}")
             result = handler(row, ctx)
+            if kind == "preference":
+                _with_tie(result, row)
         except _RowError as e:
             err = DataError(e.reason, source=source, row=ctx.row, field=e.field)
             if not skip_invalid:
@@ -386,6 +395,29 @@ def _margin(row: dict) -> float | None:
     except ValueError:
         raise _RowError("bad margin", f"expected a finite number, got {v!r}", "margin") from None
     return f
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+def _with_tie(out: dict, row: dict) -> None:
+    """Carry an optional ``tie`` flag (a labeler judged both responses equally good or bad).
+
+    Ties are kept as such so the reward stage can drop them or model them (Rao-Kupper /
+    Davidson) instead of silently reading "chosen" as a win. Booleans, 0/1 and CSV strings
+    ("true"/"false") are accepted; null means no tie.
+    """
+    v = row.get("tie")
+    if v is None:
+        return
+    if isinstance(v, bool):
+        out["tie"] = v
+    elif isinstance(v, numbers.Integral) and v in (0, 1):
+        out["tie"] = bool(v)
+    elif isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        out["tie"] = v.strip().lower() in _TRUE
+    else:
+        raise _RowError("bad tie", f"expected true/false, got {v!r}", "tie")
 
 
 def _distinct(chosen: Any, rejected: Any) -> None:

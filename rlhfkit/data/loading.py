@@ -367,3 +367,15 @@ _READERS = {
     ".tsv": _read_csv,
     ".parquet": _read_parquet,
 }
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write rows as JSON Lines atomically (temp file + rename): a crash never leaves half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    return out

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from rlhfkit.config import GoldScoreConfig, SFTConfig, SynthConfig, save_config
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import DataError
 from rlhfkit.synthetic import grammar
 from rlhfkit.synthetic.gold import gold_rewards
@@ -39,14 +40,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    tmp.replace(path)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
@@ -97,16 +90,16 @@ def build(cfg: SynthConfig) -> Path:
     s = cfg.seed
     log.info("synthetic world: generating corpus, prompts and demonstrations")
     docs = grammar.generate_corpus(cfg.n_docs, s)
-    _write_jsonl(out / "corpus.jsonl", [{"text": d} for d in docs])
+    write_jsonl(out / "corpus.jsonl", [{"text": d} for d in docs])
     # Prompt and SFT sets use seeds offset from the corpus seed so the sets are disjoint draws.
     sft = grammar.make_sft_pairs(cfg.n_sft, s + 1)
     n_sft_eval = max(1, cfg.n_sft // 10)
-    _write_jsonl(out / "sft.jsonl", sft[n_sft_eval:])
-    _write_jsonl(out / "sft_eval.jsonl", sft[:n_sft_eval])
+    write_jsonl(out / "sft.jsonl", sft[n_sft_eval:])
+    write_jsonl(out / "sft_eval.jsonl", sft[:n_sft_eval])
     prompts = [{"prompt": p} for p in grammar.make_prompts(cfg.n_prompts, s + 2)]
     n_eval = max(1, cfg.n_prompts // 10)
-    _write_jsonl(out / "prompts.jsonl", prompts[n_eval:])
-    _write_jsonl(out / "prompts_eval.jsonl", prompts[:n_eval])
+    write_jsonl(out / "prompts.jsonl", prompts[n_eval:])
+    write_jsonl(out / "prompts_eval.jsonl", prompts[:n_eval])
 
     log.info("synthetic world: training a %d-token byte-level BPE tokenizer", cfg.vocab_size)
     texts = docs + [p["prompt"] for p in prompts] + [r["prompt"] + r["completion"] for r in sft]
@@ -156,8 +149,6 @@ def gold_score_file(cfg: GoldScoreConfig) -> Path:
                             source=cfg.input, row=i, field=cfg.completion_field)
     prompts = [r.get("prompt") if isinstance(r.get("prompt"), str) else None for r in rows]
     scores = gold_rewards([r[cfg.completion_field] for r in rows], prompts if all(prompts) else None)
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out, [{**r, cfg.score_field: s} for r, s in zip(rows, scores)])
+    out = write_jsonl(cfg.output, [{**r, cfg.score_field: s} for r, s in zip(rows, scores)])
     log.info("gold-scored %d rows: mean %.4f -> %s", len(rows), sum(scores) / max(len(scores), 1), out)
     return out

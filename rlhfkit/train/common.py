@@ -14,6 +14,7 @@ Run directory layout (ARCHITECTURE.md "Run directories")::
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -45,6 +46,12 @@ def make_accelerator(cfg, run_dir: Path):
     from accelerate.utils import ProjectConfiguration
 
     trackers = list(getattr(cfg, "trackers", []) or [])
+    for name in trackers:  # fail before any work, naming the package to install
+        module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"trackers: '{name}' needs its package: pip install 'rlhfkit[{name}]'") from None
     # step_scheduler_with_optimizer=False: our schedule counts global optimizer steps, so the
     # scheduler must step once per step, not once per process (accelerate's default).
     # cpu=True on machines with no accelerator: only then does accelerate turn a torchrun

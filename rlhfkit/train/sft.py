@@ -181,13 +181,10 @@ def train(cfg: SFTConfig) -> Path:
 
 
 def _write_samples(cfg: SFTConfig, model, tok, eval_rows: list[dict], run_dir: Path) -> None:
-    import json
-
+    from rlhfkit.data.loading import write_jsonl
     from rlhfkit.generation import sample_completions
 
     prompts = [r["prompt"] for r in eval_rows[:cfg.sample_prompts]]
     rows = sample_completions(model, tok, prompts, max_new_tokens=cfg.sample_max_new_tokens,
                               temperature=1.0, seed=cfg.seed)
-    with (run_dir / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    write_jsonl(run_dir / "samples.jsonl", rows)

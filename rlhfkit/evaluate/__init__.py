@@ -1,0 +1,1 @@
+"""Evaluation: statistics of reward models and policies, and (later) reports and plots."""

@@ -1,0 +1,87 @@
+"""Reward-model statistics as pure numpy functions (tested against hand-computed values).
+
+Used by `rlhf reward` at eval time and by reports. Inputs are plain arrays of rewards, so the
+same code audits any scorer (ours, an ensemble mean, a third-party reward model).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def pair_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> float:
+    """Share of pairs with r_chosen > r_rejected; an exact tie counts half (no preference)."""
+    d = np.asarray(r_chosen, float) - np.asarray(r_rejected, float)
+    return float(np.mean((d > 0) + 0.5 * (d == 0))) if d.size else math.nan
+
+
+def reliability_bins(r_chosen: Sequence[float], r_rejected: Sequence[float],
+                     n_bins: int = 10) -> list[dict]:
+    """Reliability-diagram data for the Bradley-Terry probability p = sigmoid(r_c - r_r).
+
+    The labels always say "chosen won", so calibration is read in its symmetric form: the model's
+    confidence is max(p, 1-p) in [0.5, 1] and it is right when its favourite is the chosen one.
+    Bins split [0.5, 1] evenly; each reports count, mean confidence and accuracy.
+    """
+    d = np.asarray(r_chosen, float) - np.asarray(r_rejected, float)
+    p = 1.0 / (1.0 + np.exp(-d))
+    conf = np.maximum(p, 1.0 - p)
+    correct = (p > 0.5) + 0.5 * (p == 0.5)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        m = idx == b
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(m.sum()),
+                     "confidence": float(conf[m].mean()) if m.any() else None,
+                     "accuracy": float(correct[m].mean()) if m.any() else None})
+    return bins
+
+
+def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
+    """ECE = sum over bins of (n_b / N) * |accuracy_b - confidence_b| (Guo et al. 2017)."""
+    bins = reliability_bins(r_chosen, r_rejected, n_bins)
+    n = sum(b["count"] for b in bins)
+    if n == 0:
+        return math.nan
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def length_bias_audit(r_chosen: Sequence[float], r_rejected: Sequence[float],
+                      len_chosen: Sequence[int], len_rejected: Sequence[int]) -> dict:
+    """Does the reward follow length rather than quality?
+
+    - ``length_corr``: correlation of reward with response length over all responses;
+    - ``acc_chosen_longer`` / ``acc_chosen_shorter``: accuracy on pairs where the preferred
+      response is the longer / the shorter one (equal lengths are left out). A length-biased
+      reward model is much better on the first than on the second;
+    - ``length_gap`` = acc_chosen_longer - acc_chosen_shorter, the one-number summary.
+    """
+    rc, rr = np.asarray(r_chosen, float), np.asarray(r_rejected, float)
+    lc, lr = np.asarray(len_chosen, float), np.asarray(len_rejected, float)
+    longer, shorter = lc > lr, lc < lr
+    acc_l = pair_accuracy(rc[longer], rr[longer]) if longer.any() else math.nan
+    acc_s = pair_accuracy(rc[shorter], rr[shorter]) if shorter.any() else math.nan
+    return {"length_corr": pearson(np.concatenate([rc, rr]), np.concatenate([lc, lr])),
+            "acc_chosen_longer": acc_l, "acc_chosen_shorter": acc_s,
+            "n_chosen_longer": int(longer.sum()), "n_chosen_shorter": int(shorter.sum()),
+            "length_gap": acc_l - acc_s}
+
+
+def accuracy_by_strength(r_chosen: Sequence[float], r_rejected: Sequence[float],
+                         strength: Sequence[float]) -> dict[str, dict]:
+    """Accuracy per preference-strength value (e.g. the 1-4 margin a labeler gave)."""
+    rc, rr, s = np.asarray(r_chosen, float), np.asarray(r_rejected, float), np.asarray(strength, float)
+    return {f"{v:g}": {"count": int((s == v).sum()), "accuracy": pair_accuracy(rc[s == v], rr[s == v])}
+            for v in sorted(set(s.tolist()))}

@@ -1,0 +1,95 @@
+"""Scoring text with reward models: the one place that turns (prompt, response) into a reward.
+
+Used by `rlhf score`, by reward-model evaluation and, later, by RL stages. It applies the
+normalisation a reward stage stored in the model's config (``reward_offset``/``reward_scale``:
+reward = (raw - offset) / scale), so every consumer sees rewards on the same scale, and it
+handles ensembles (``ensemble.json`` next to the first member lists the others): the score is
+the members' mean and ``std`` their disagreement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhfkit.data.collate import encode_prompt_response, pad, position_ids_from_mask
+from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def ensemble_members(model_dir: str | Path) -> list[Path]:
+    """The member directories of a reward model: itself, plus those its ensemble.json lists."""
+    root = Path(model_dir)
+    spec = root / "ensemble.json"
+    extra = [(root / p).resolve() for p in json.loads(spec.read_text())["members"]] if spec.is_file() else []
+    return [root, *extra]
+
+
+@torch.no_grad()
+def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) un-normalised scores; the model pools at the last non-pad token of each row."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"])
+    return out.logits[:, 0].float()
+
+
+class RewardScorer:
+    """Batched scoring of (prompt, response) texts with a (possibly ensembled) reward model."""
+
+    def __init__(self, model_dir: str | Path, *, max_length: int = 512, device: str | torch.device = "cpu",
+                 dtype: str = "float32"):
+        self.members = ensemble_members(model_dir)
+        self.tokenizer = load_tokenizer(str(self.members[0]))
+        self.models = [load_reward_model(str(m), self.tokenizer, dtype=dtype).to(device).eval()
+                       for m in self.members]
+        self.max_length = max_length
+        self.device = device
+
+    def score(self, prompts: list[str], responses: list[str], *, batch_size: int = 32,
+              normalized: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (mean reward (N,), std across ensemble members (N,); zeros for one model)."""
+        pairs = encode_prompt_response(self.tokenizer, prompts, responses, max_length=self.max_length)
+        per_model = np.zeros((len(self.models), len(pairs)))
+        for start in range(0, len(pairs), batch_size):
+            seqs = [p + r for p, r in pairs[start:start + batch_size]]
+            ids = pad(seqs, self.tokenizer.pad_token_id, "right")
+            attn = pad([[1] * len(s) for s in seqs], 0, "right")
+            batch = {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device),
+                     "position_ids": position_ids_from_mask(attn).to(self.device)}
+            for k, model in enumerate(self.models):
+                r = raw_rewards(model, batch).cpu().numpy()
+                if normalized:
+                    r = (r - getattr(model.config, REWARD_OFFSET, 0.0)) / getattr(model.config, REWARD_SCALE, 1.0)
+                per_model[k, start:start + len(seqs)] = r
+        return per_model.mean(0), per_model.std(0)
+
+
+def score_file(cfg) -> Path:
+    """`rlhf score`: add the reward (and, for ensembles, its std) to every row of a file."""
+    from rlhfkit.data.loading import read_records, write_jsonl
+    from rlhfkit.errors import DataError
+
+    rows = read_records(cfg.input)
+    for i, r in enumerate(rows, start=1):
+        for field in ("prompt", cfg.response_field):
+            if not isinstance(r.get(field), str):
+                got = r.get(field)
+                raise DataError("missing" if got is None else f"expected a string, got {type(got).__name__}",
+                                source=cfg.input, row=i, field=field)
+    scorer = RewardScorer(cfg.model, max_length=cfg.max_length)
+    mean, std = scorer.score([r["prompt"] for r in rows], [r[cfg.response_field] for r in rows],
+                             batch_size=cfg.batch_size)
+    out_rows = []
+    for r, m, s in zip(rows, mean.tolist(), std.tolist()):
+        extra = {cfg.score_field: m}
+        if len(scorer.models) > 1:
+            extra[f"{cfg.score_field}_std"] = s
+        out_rows.append({**r, **extra})
+    out = write_jsonl(cfg.output, out_rows)
+    log.info("scored %d rows with %d model(s): mean %.4f -> %s", len(rows), len(scorer.models), float(mean.mean()), out)
+    return out

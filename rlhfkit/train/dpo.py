@@ -1,0 +1,360 @@
+"""`rlhf dpo`: direct preference optimisation and its variants on preference pairs.
+
+Implementation details (each has a failure mode it prevents):
+
+1. Data: explicit or implicit-prompt pairs, strings or conversations (rendered with the chat
+   template), and rankings, which are expanded to their untied pairs *after* the train/eval split
+   (one ranking's pairs never straddle it); pairs flagged as ties are dropped. Prompt and
+   responses are tokenised separately, EOS is appended to both responses and kept out of the
+   prompt; an over-long pair keeps the prompt's end (``max_prompt_length``) and cuts the responses
+   on the right (RLHF-DETAILS item 25).
+2. Loss on the SUM of response-token log-probs, prompt masked (item 22); the variants (sigmoid,
+   cdpo, hinge, ipo, simpo + optional RPO NLL) are one dispatch in ``losses.dpo_loss``, which
+   documents which of them are length-normalised (ipo, simpo) and reference-free (simpo).
+3. Reference = the starting (SFT) model, frozen: eval mode, no_grad, dropout off (items 7, 23).
+   With LoRA it is the same model with the adapter disabled, so the base weights exist once.
+4. ``precompute_ref_logprobs``: one sharded pass before training scores every train/eval pair
+   with the reference and caches the (N, 2) log-probs in ``ref_logprobs/<fingerprint>``, where
+   the fingerprint hashes the tokenised pairs (data content and max lengths), the tokenizer, the
+   reference weights and the dtype; a resumed or repeated run reads the cache instead. Without an
+   evaluation that samples, the full-model reference is then freed.
+5. Chosen and rejected go through the model in ONE (2B, T) forward (rows [0, B) chosen, [B, 2B)
+   rejected): half the kernel launches, and both see identical weights and numerics.
+6. The loss is summed over the pairs of the whole optimizer step (all micro-batches, all
+   processes) and divided by the step's global pair count, with the same deterministic data order
+   as SFT, so accumulation == bigger batch, 2 processes x b == 1 x 2b, and resume needs only the
+   step. Gradients sync on the last micro-batch only.
+7. At step 0 the policy is the reference: the first logged loss is ln 2 and all margins are 0
+   (item 26); a different number means the reference or the masking is wrong.
+8. Every log step: loss, rewards/chosen, rewards/rejected, margins, accuracy, logps/chosen,
+   logps/rejected (+ nll with rpo_alpha), grad_norm, lr.
+9. Evaluation (step 0, every ``eval_every`` steps, end): held-out loss/accuracy/margins, and the
+   sequence-level KL to the reference estimated from policy samples for held-out prompts,
+   KL = mean over samples of sum over sampled tokens of (logp_policy - logp_ref), both at the
+   sampling temperature (items 12, 28); with ``gold_reward`` also the samples' gold reward.
+10. Checkpoints, resume and stop_after as in SFT; the final model is a plain Hugging Face
+    directory (LoRA merged) plus summary.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import DPOConfig, save_config
+from rlhfkit.data.collate import PairCollator, response_batch, tokenize_pairs
+from rlhfkit.errors import DataError
+from rlhfkit.logprobs import sequence_logprobs
+from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
+from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
+from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, make_accelerator,
+                                  make_optimizer, make_scheduler, micro_batches, progress, read_metrics,
+                                  seed_everything, total_steps, write_json)
+from rlhfkit.train.data import load_split
+
+log = logging.getLogger(__name__)
+
+PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
+
+
+def train(cfg: DPOConfig) -> Path:
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg, run_dir)
+    if acc.is_main_process:
+        save_config(cfg, run_dir)
+
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    train_rows, eval_rows, data_report = load_split(cfg, "pairs", render_chat=chat_renderer(tok))
+    if not train_rows:
+        raise DataError("no preference pairs to train on (every pair is a tie)", source=cfg.data)
+    train_ds, n_trunc = tokenize_pairs(train_rows, tok, max_length=cfg.max_length,
+                                       max_prompt_length=cfg.max_prompt_length)
+    eval_ds = tokenize_pairs(eval_rows, tok, max_length=cfg.max_length,
+                             max_prompt_length=cfg.max_prompt_length)[0] if eval_rows else None
+    collate = PairCollator(tok.pad_token_id, "right")
+    sample_prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:cfg.eval_sample_prompts]
+
+    uses_ref = cfg.loss_type not in DPO_REFERENCE_FREE  # simpo trains without one
+    model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
+    ref = None
+    if cfg.lora_r:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules)
+    elif uses_ref or sample_prompts:
+        # A second, frozen copy (full fine-tuning only; LoRA disables its adapter instead).
+        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True).eval().requires_grad_(False)
+        ref.to(acc.device)
+    world, rank = acc.num_processes, acc.process_index
+    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world  # pairs per step
+    n_steps = total_steps(cfg, len(train_ds), global_batch, source=cfg.data)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, n_steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+
+    @torch.no_grad()
+    def ref_logps(batch: dict, temperature: float = 1.0) -> torch.Tensor:
+        """(2B,) or (S,) summed reference log-probs of the response tokens of ``batch``."""
+        if not cfg.lora_r:
+            return sequence_logprobs(ref, batch, temperature=temperature)[0]
+        net = acc.unwrap_model(model)  # LoRA: the same weights, adapter off, dropout off
+        was_training = net.training
+        net.eval()
+        with net.disable_adapter():
+            lp = sequence_logprobs(net, batch, temperature=temperature)[0]
+        net.train(was_training)
+        return lp
+
+    def pair_loss(logps: torch.Tensor, n_tok: torch.Tensor, ref_c, ref_r, num_pairs):
+        # logps, n_tok: (2B,) in PairCollator's layout, chosen rows first.
+        pc, pr = logps.chunk(2)
+        nc, nr = n_tok.chunk(2)
+        return dpo_loss(pc, pr, ref_c, ref_r, loss_type=cfg.loss_type, beta=cfg.beta,
+                        label_smoothing=cfg.label_smoothing,
+                        gamma=cfg.simpo_gamma if cfg.loss_type == "simpo" else 0.0,
+                        chosen_tokens=nc, rejected_tokens=nr, rpo_alpha=cfg.rpo_alpha, num_pairs=num_pairs)
+
+    def to_device(b: dict) -> dict:
+        return {k: v.to(acc.device) for k, v in b.items()}
+
+    # Item 4: reference log-probs once, cached by fingerprint.
+    cache: dict[str, torch.Tensor] | None = None
+    cache_status = "off"
+    if cfg.precompute_ref_logprobs and uses_ref:
+        splits = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
+        cache, cache_status = _reference_cache(cfg, acc, tok, splits, ref if ref is not None else
+                                               acc.unwrap_model(model), ref_logps, collate, run_dir)
+        if ref is not None and not sample_prompts:
+            ref = None  # nothing left that needs the reference: free its memory
+
+    def step_refs(split: str, idx: list[int], b: dict):
+        """(B,), (B,) reference log-probs of chosen and rejected: from the cache or live."""
+        if not uses_ref:
+            return None, None
+        if cache is not None:
+            r = cache[split][idx].to(acc.device)  # (B, 2)
+            return r[:, 0], r[:, 1]
+        with acc.autocast():
+            return ref_logps(b).chunk(2)
+
+    ckpts = Checkpoints(run_dir, acc, keep=cfg.keep_checkpoints)
+    start = 0
+    if cfg.resume and (latest := ckpts.latest()) is not None:
+        start = ckpts.load(latest)["step"]
+        log.info("resumed from %s at step %d", latest, start)
+    metrics = MetricsLog(run_dir, acc, resume_step=start)
+
+    def evaluate() -> dict[str, float]:
+        if eval_ds is None:
+            return {}
+        net = acc.unwrap_model(model)  # no DDP hooks: shards may differ in batch count
+        net.eval()
+        sums = dict.fromkeys(("loss", *PAIR_METRICS), 0.0)
+        mine = list(range(rank, len(eval_ds), world))
+        with torch.no_grad():
+            for i in range(0, len(mine), cfg.eval_batch_size):
+                idx = mine[i:i + cfg.eval_batch_size]
+                b = to_device(collate(eval_ds.select(idx).to_list()))
+                ref_c, ref_r = step_refs("eval", idx, b)
+                with acc.autocast():
+                    lp, n_tok = sequence_logprobs(net, b)  # (2B,)
+                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=1)  # loss = sum over these pairs
+                sums["loss"] += loss.item()
+                for k in PAIR_METRICS:
+                    sums[k] += m[k] * len(idx)
+        out = {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(eval_ds)).items()}
+        if sample_prompts:
+            out.update(_sampled_eval(cfg, acc, net, tok, sample_prompts, ref_logps))
+        net.train()
+        return out
+
+    if start == 0:
+        initial_eval = evaluate()
+        if initial_eval:
+            metrics.log(0, initial_eval)
+    else:  # resumed: the step-0 evaluation is already in metrics.jsonl
+        step0 = next((r for r in read_metrics(run_dir) if r["step"] == 0), {})
+        initial_eval = {k: v for k, v in step0.items() if k.startswith("eval_")}
+    model.train()
+    bar = progress(n_steps, start, acc, "dpo")
+    t0, pairs_seen, last_eval = time.time(), 0, initial_eval
+    for step in range(start, n_steps):
+        idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
+        mbs = list(micro_batches(idx, per_device=cfg.per_device_batch_size,
+                                 accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world))
+        sums = dict.fromkeys(("loss", *PAIR_METRICS, *(("nll",) if cfg.rpo_alpha else ())), 0.0)
+        for j, mb in enumerate(mbs):
+            b = to_device(collate(train_ds.select(mb).to_list()))
+            ref_c, ref_r = step_refs("train", mb, b)  # before the policy forward: LoRA toggles the adapter
+            sync = j == len(mbs) - 1
+            with nullcontext() if sync else acc.no_sync(model):
+                with acc.autocast():
+                    lp, n_tok = sequence_logprobs(model, b)  # (2B,) one forward for chosen + rejected
+                # Item 6: divided by the global pair count; DDP averages gradients over processes,
+                # hence the factor `world`.
+                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=global_batch)
+                acc.backward(loss * world)
+            sums["loss"] += loss.item() * global_batch  # back to a sum over this micro-batch's pairs
+            for k in sums.keys() - {"loss"}:
+                sums[k] += m[k] * len(mb)
+        grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
+        means = _global_mean(acc, sums, global_batch)
+        pairs_seen += global_batch
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.2f}", refresh=False)
+        row: dict[str, float] = {}
+        if done % cfg.log_every == 0 or done == n_steps:
+            row.update(means, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+                       epoch=done * global_batch / len(train_ds))
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps:
+            last_eval = evaluate()
+            row.update(last_eval)
+        if row:
+            metrics.log(done, row)
+        if cfg.save_every and done % cfg.save_every == 0 and done < n_steps:
+            ckpts.save(done, {"loss": means["loss"]})
+        if cfg.stop_after and done - start >= cfg.stop_after and done < n_steps:
+            ckpts.save(done, {"loss": means["loss"]})
+            bar.close()
+            log.info("stopped after %d steps at step %d; rerun with resume=true", cfg.stop_after, done)
+            acc.end_training()
+            return run_dir / "checkpoints" / "latest"
+    bar.close()
+
+    acc.wait_for_everyone()
+    ckpts.save(n_steps, {"final": True})
+    final = run_dir / "final"
+    summary = {
+        "stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": n_steps,
+        "global_batch": global_batch, "processes": world, "train_pairs": len(train_ds),
+        "eval_pairs": len(eval_ds) if eval_ds is not None else 0, "dropped_after_truncation": n_trunc,
+        "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
+        "ref_logprobs_cache": cache_status,
+        **{f"initial_{k}": v for k, v in initial_eval.items()}, **{f"final_{k}": v for k, v in last_eval.items()},
+        "pairs_per_second": pairs_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
+    }
+    if acc.is_main_process:
+        save_hf(acc.unwrap_model(model), tok, final)
+        write_json(run_dir / "summary.json", summary)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return final
+
+
+def _global_mean(acc, sums: dict[str, float], count: int) -> dict[str, float]:
+    """Per-process sums -> means over ``count`` items on all processes, in one collective."""
+    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        t = acc.reduce(t, reduction="sum")
+    return {k: v / max(count, 1) for k, v in zip(sums, t.tolist())}
+
+
+# ----------------------------------------------------------------------------- reference cache
+
+
+def _fingerprint(cfg: DPOConfig, tok, splits: dict, ref_model) -> str:
+    """sha256 over everything the reference log-probs depend on (item 4)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                         "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision}).encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))).encode())
+    for name, ds in splits.items():  # the tokenised pairs: data content after truncation
+        h.update(name.encode())
+        for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            for ids in ds[col]:
+                h.update(np.asarray(ids, dtype=np.int64).tobytes())
+                h.update(b"|")
+    for key, t in sorted(ref_model.state_dict().items()):
+        if "lora_" in key:  # with LoRA the reference is the base weights alone
+            continue
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logps, collate,
+                     run_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """``{split: (N, 2) [chosen, rejected] reference log-probs}`` and "hit" or "computed"."""
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir / "ref_logprobs" / f"{_fingerprint(cfg, tok, splits, ref_model)}.safetensors"
+    if path.is_file():
+        log.info("reference log-probs: reusing %s", path)
+        return load_file(str(path)), "hit"
+    world, rank = acc.num_processes, acc.process_index
+    out = {}
+    for name, ds in splits.items():
+        # Process r scores pairs r, r + world, ...; one gather reassembles the original order.
+        mine = list(range(rank, len(ds), world))
+        per_rank = math.ceil(len(ds) / world)
+        vals = torch.zeros(per_rank, 2, device=acc.device)  # (L, 2), zero-padded shard
+        for i in range(0, len(mine), cfg.eval_batch_size):
+            b = {k: v.to(acc.device) for k, v in collate(ds.select(mine[i:i + cfg.eval_batch_size]).to_list()).items()}
+            with acc.autocast():
+                lp = ref_logps(b)  # (2B,)
+            vals[i:i + len(lp) // 2] = torch.stack(lp.float().chunk(2), dim=1)
+        if world > 1:
+            vals = acc.gather(vals)  # (world * L, 2), rank-major
+        # Row k of rank r holds pair r + k * world: transpose to pair order, drop the padding.
+        out[name] = vals.view(world, per_rank, 2).transpose(0, 1).reshape(-1, 2)[:len(ds)].cpu().contiguous()
+    if acc.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(out, str(tmp))
+        os.replace(tmp, path)
+    acc.wait_for_everyone()
+    log.info("reference log-probs: computed for %s pairs, cached in %s",
+             " + ".join(str(len(d)) for d in splits.values()), path)
+    return out, "computed"
+
+
+# ----------------------------------------------------------------------------- sampled evaluation
+
+
+def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) -> dict[str, float]:
+    """Sequence KL to the reference (and gold reward) from policy samples (item 9).
+
+    Each process samples its share of the prompts. KL(policy || ref) = E_{y ~ policy}[log p(y) -
+    log ref(y)], estimated per sample by the summed per-token log-ratio of the sampled tokens
+    (EOS included), scored on the sampled ids, not on re-tokenised text.
+    """
+    from rlhfkit.generation import sample_completions
+
+    world, rank = acc.num_processes, acc.process_index
+    mine = prompts[rank::world]
+    sums = {"kl": 0.0, "sample_length": 0.0, **({"gold": 0.0} if cfg.gold_reward else {})}
+    if mine:
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # sampling must not move the training RNG
+            rows = sample_completions(net, tok, mine, max_new_tokens=cfg.eval_max_new_tokens,
+                                      temperature=cfg.eval_temperature, batch_size=cfg.eval_batch_size,
+                                      seed=cfg.seed + rank, return_ids=True)
+        with torch.no_grad():
+            for i in range(0, len(rows), cfg.eval_batch_size):
+                chunk = rows[i:i + cfg.eval_batch_size]
+                b = response_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
+                                   tok.pad_token_id)
+                b = {k: v.to(acc.device) for k, v in b.items()}
+                with acc.autocast():
+                    lp = sequence_logprobs(net, b, temperature=cfg.eval_temperature)[0]  # (S,)
+                    lr = ref_logps(b, temperature=cfg.eval_temperature)  # (S,)
+                sums["kl"] += (lp - lr).sum().item()
+        sums["sample_length"] = float(sum(r["num_tokens"] for r in rows))
+        if cfg.gold_reward:
+            from rlhfkit.synthetic.gold import gold_reward_fn
+
+            sums["gold"] = float(sum(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows])))
+    return {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(prompts)).items()}

@@ -307,8 +307,8 @@ class DPOConfig(PairTrainConfig):
     reference-free and length-normalised (see rlhfkit/losses.py)."""
 
     beta: float = Field(0.1, gt=0.0)
-    """Inverse strength of the KL anchor to the reference (DPO's beta, IPO's tau). SimPO uses a
-    much larger one (about 2)."""
+    """Strength of the KL anchor to the reference: larger keeps the policy closer to it (DPO's
+    beta, IPO's tau). For SimPO it scales the reward instead, and is much larger (about 2)."""
 
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     """cDPO: assumed probability that a preference label is flipped (loss_type 'cdpo' only)."""
@@ -341,7 +341,8 @@ class DPOConfig(PairTrainConfig):
     @model_validator(mode="after")
     def _variant_keys_fit_loss_type(self) -> "DPOConfig":
         if self.label_smoothing > 0 and self.loss_type != "cdpo":
-            raise ValueError(f"label_smoothing is used by loss_type 'cdpo' only (loss_type is '{self.loss_type}')")
+            raise ValueError(f"label_smoothing is used by loss_type 'cdpo' only "
+                             f"(loss_type is '{self.loss_type}')")
         if self.loss_type == "cdpo" and self.label_smoothing == 0:
             raise ValueError("loss_type 'cdpo' needs label_smoothing > 0 (with 0 it is plain 'sigmoid')")
         return self

@@ -421,7 +421,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
         raise ValueError(f"loss_type {loss_type!r} needs the reference log-probs ref_chosen/ref_rejected")
     needs_counts = loss_type in DPO_LENGTH_NORMALISED or rpo_alpha > 0
     if needs_counts and (chosen_tokens is None or rejected_tokens is None):
-        raise ValueError(f"loss_type {loss_type!r} (or rpo_alpha > 0) needs chosen_tokens and rejected_tokens")
+        raise ValueError(f"loss_type {loss_type!r} (or rpo_alpha > 0) needs chosen_tokens and "
+                         "rejected_tokens")
 
     pc, pr = policy_chosen.float(), policy_rejected.float()  # (B,) summed log-probs
     if reference_free:

@@ -163,7 +163,7 @@ def test_left_and_right_padding_score_alike(pool):
 
 
 def test_rankings_train_without_duplicating_prompts(pool):
-    prompts, samples = pool["train_prompts"][:200], pool["train_samples"][:200]
+    prompts, samples = pool["train_prompts"], pool["train_samples"]
     rows = []
     for p, s in zip(prompts, samples):
         distinct = list(dict.fromkeys(x for x in s if x.strip()))
@@ -176,7 +176,7 @@ def test_rankings_train_without_duplicating_prompts(pool):
             ranks[i] = rank
         rows.append({"prompt": p, "responses": distinct, "ranks": ranks})
     data = write_jsonl(pool["root"] / "rank.jsonl", rows)
-    cfg = rm_config(pool, data, "ranking", per_device_batch_size=8, num_epochs=2)
+    cfg = rm_config(pool, data, "ranking", per_device_batch_size=8)
     final = train(cfg)
     summary = json.loads((pool["root"] / "ranking" / "summary.json").read_text())
     assert summary["mode"] == "ranking"
@@ -221,18 +221,24 @@ def test_resume_and_ensemble(pool):
 def test_bad_reward_inputs_are_named(pool, tmp_path):
     from conftest import run_cli
 
-    bad_rows = {
-        "no_rejected.jsonl": ([{"prompt": "p", "chosen": "a"}], "rejected"),
-        "dup_ranks.jsonl": ([{"prompt": "p", "responses": ["a", "b"], "ranks": [1, 1]}], "ranks"),
-        "one_resp.jsonl": ([{"prompt": "p", "responses": ["a"], "ranks": [1]}], "responses"),
-        "nan_margin.jsonl": ([{"prompt": "p", "chosen": "a", "rejected": "b", "margin": float("nan")}], "margin"),
+    good = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    bad_rows = {  # file -> (rows, the row and field the error must name)
+        "no_rejected.jsonl": ([good, {"prompt": "p", "chosen": "a"}], "row 2", "rejected"),
+        "dup_ranks.jsonl": ([{"prompt": "p", "responses": ["a", "b"], "ranks": [1, 1]}], "row 1", "ranks"),
+        "one_resp.jsonl": ([{"prompt": "p", "responses": ["a"], "ranks": [1]}], "row 1", "responses"),
+        "nan_margin.jsonl": ([{**good, "margin": float("nan")}], "row 1", "margin"),
     }
-    for name, (rows, field) in bad_rows.items():
+    for name, (rows, row, field) in bad_rows.items():
         path = tmp_path / name
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         r = run_cli("reward", f"model={pool['sft']}", f"data={path}", f"output_dir={tmp_path / 'out'}")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
-        assert name in r.stderr and "row 1" in r.stderr and field in r.stderr, r.stderr
+        assert name in r.stderr and row in r.stderr and field in r.stderr, r.stderr
+    # a file with no preference columns at all is named with the columns it needs
+    path = tmp_path / "prompts_only.jsonl"
+    path.write_text(json.dumps({"prompt": "p"}) + "\n")
+    r = run_cli("reward", f"model={pool['sft']}", f"data={path}", f"output_dir={tmp_path / 'out'}")
+    assert r.returncode == 2 and "prompts_only.jsonl" in r.stderr and "chosen" in r.stderr
 
 
 def test_score_cli_two_processes(pool, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhfkit.data.loading import read_records, write_jsonl
 from rlhfkit.feedback.simulate import SimulatedLabeler, make_preference_pairs
 from rlhfkit.generation import sample_completions
 from rlhfkit.modeling import load_causal_lm, load_tokenizer
@@ -28,8 +29,27 @@ def sample_policy(model_dir: str | Path, prompts: list[str], *, samples_per_prom
 def labelled_pairs(model_dir: str | Path, prompts: list[str], labeler: SimulatedLabeler, *,
                    samples_per_prompt: int = 2, pairs_per_prompt: int = 1, max_new_tokens: int = 48,
                    seed: int = 0) -> list[dict]:
-    """Sample from ``model_dir`` and label pairs with ``labeler`` against the gold reward."""
+    """Sample from ``model_dir`` and label pairs with ``labeler`` against the gold reward.
+    Empty completions (EOS first) are no response to compare and are left out."""
     samples = sample_policy(model_dir, prompts, samples_per_prompt=samples_per_prompt,
                             max_new_tokens=max_new_tokens, seed=seed)
+    samples = [[s for s in group if s.strip()] for group in samples]
     return make_preference_pairs(prompts, samples, labeler, gold_reward_fn, rng_seed=seed,
                                  pairs_per_prompt=pairs_per_prompt)
+
+
+def preference_splits(policy_dir: str | Path, world: str | Path, output: str | Path, *,
+                      samples_per_prompt: int = 4, pairs_per_prompt: int = 3, labeler_temperature: float = 0.1,
+                      max_new_tokens: int = 48, seed: int = 0) -> dict[str, Path]:
+    """Labelled pairs on the world's training prompts (``train.jsonl``) and held-out prompts
+    (``eval.jsonl``) under ``output``: TRL preference columns plus the labeler's ``p_chosen``,
+    ``tie`` and gold columns. Returns the two paths."""
+    world, out = Path(world), Path(output)
+    files = {}
+    for i, (split, source) in enumerate((("train", "prompts.jsonl"), ("eval", "prompts_eval.jsonl"))):
+        prompts = [r["prompt"] for r in read_records(world / source)]
+        rows = labelled_pairs(policy_dir, prompts, SimulatedLabeler(labeler_temperature, seed=seed + i),
+                              samples_per_prompt=samples_per_prompt, pairs_per_prompt=pairs_per_prompt,
+                              max_new_tokens=max_new_tokens, seed=seed + i)
+        files[split] = write_jsonl(out / f"{split}.jsonl", rows)
+    return files

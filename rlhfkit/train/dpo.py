@@ -55,9 +55,9 @@ from rlhfkit.errors import DataError
 from rlhfkit.logprobs import sequence_logprobs
 from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
-from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, make_accelerator,
-                                  make_optimizer, make_scheduler, micro_batches, progress, read_metrics,
-                                  seed_everything, total_steps, write_json)
+from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, global_count,
+                                  make_accelerator, make_optimizer, make_scheduler, micro_batches, progress,
+                                  read_metrics, seed_everything, total_steps, write_json)
 from rlhfkit.train.data import load_split
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,9 @@ def train(cfg: DPOConfig) -> Path:
                            target_modules=cfg.lora_target_modules)
     elif uses_ref or sample_prompts:
         # A second, frozen copy (full fine-tuning only; LoRA disables its adapter instead).
-        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True).eval().requires_grad_(False)
-        ref.to(acc.device)
+        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
+        ref.eval().requires_grad_(False).to(acc.device)
+    has_ref_copy = ref is not None
     world, rank = acc.num_processes, acc.process_index
     global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world  # pairs per step
     n_steps = total_steps(cfg, len(train_ds), global_batch, source=cfg.data)
@@ -238,9 +239,10 @@ def train(cfg: DPOConfig) -> Path:
         "stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": n_steps,
         "global_batch": global_batch, "processes": world, "train_pairs": len(train_ds),
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0, "dropped_after_truncation": n_trunc,
-        "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
-        "ref_logprobs_cache": cache_status,
-        **{f"initial_{k}": v for k, v in initial_eval.items()}, **{f"final_{k}": v for k, v in last_eval.items()},
+        "data": data_report, "ref_logprobs_cache": cache_status,
+        "reference": "adapter disabled" if cfg.lora_r else "frozen copy" if has_ref_copy else "none",
+        **{f"initial_{k}": v for k, v in initial_eval.items()},
+        **{f"final_{k}": v for k, v in last_eval.items()},
         "pairs_per_second": pairs_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
     }
     if acc.is_main_process:
@@ -270,7 +272,8 @@ def _fingerprint(cfg: DPOConfig, tok, splits: dict, ref_model) -> str:
     h.update(json.dumps({"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                          "dtype": cfg.dtype, "mixed_precision": cfg.mixed_precision}).encode())
     backend = getattr(tok, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))).encode())
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    h.update(vocab.encode())
     for name, ds in splits.items():  # the tokenised pairs: data content after truncation
         h.update(name.encode())
         for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
@@ -291,10 +294,11 @@ def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logp
     from safetensors.torch import load_file, save_file
 
     path = run_dir / "ref_logprobs" / f"{_fingerprint(cfg, tok, splits, ref_model)}.safetensors"
-    if path.is_file():
+    world, rank = acc.num_processes, acc.process_index
+    # A hit only if every process sees the file: otherwise some would skip the gather below.
+    if global_count(acc, path.is_file()) == world:
         log.info("reference log-probs: reusing %s", path)
         return load_file(str(path)), "hit"
-    world, rank = acc.num_processes, acc.process_index
     out = {}
     for name, ds in splits.items():
         # Process r scores pairs r, r + world, ...; one gather reassembles the original order.
@@ -302,7 +306,8 @@ def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logp
         per_rank = math.ceil(len(ds) / world)
         vals = torch.zeros(per_rank, 2, device=acc.device)  # (L, 2), zero-padded shard
         for i in range(0, len(mine), cfg.eval_batch_size):
-            b = {k: v.to(acc.device) for k, v in collate(ds.select(mine[i:i + cfg.eval_batch_size]).to_list()).items()}
+            b = collate(ds.select(mine[i:i + cfg.eval_batch_size]).to_list())
+            b = {k: v.to(acc.device) for k, v in b.items()}
             with acc.autocast():
                 lp = ref_logps(b)  # (2B,)
             vals[i:i + len(lp) // 2] = torch.stack(lp.float().chunk(2), dim=1)
@@ -356,5 +361,6 @@ def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) 
         if cfg.gold_reward:
             from rlhfkit.synthetic.gold import gold_reward_fn
 
-            sums["gold"] = float(sum(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows])))
+            gold = gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows])
+            sums["gold"] = float(sum(gold))
     return {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(prompts)).items()}

@@ -49,3 +49,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     exe = [sys.executable, "-m", "rlhfkit"] if module else [str(Path(sys.executable).parent / "rlhf")]
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run([*exe, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    """One torch thread per xdist worker: two workers on two cores, each with two threads,
+    spend their time fighting over the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -22,6 +22,9 @@ from rlhfkit.synthetic.gold import gold_reward_fn
 from rlhfkit.train.common import read_metrics
 from rlhfkit.train.reward import train
 
+# The tests share one sampled pool (session fixture): keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("reward")
+
 # A labeler whose Bradley-Terry temperature on the gold reward gives ~73% agreement with the gold
 # ordering on SFT samples: the range human labelers reach (63-77%, RLHF-DETAILS "Yardsticks").
 HUMAN_LIKE_T = 0.6
@@ -31,7 +34,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pool(world, tmp_path_factory):
     """An SFT policy and its samples: 4 per train prompt (4 times over), 2 per held-out prompt (8x)."""
     from rlhfkit.demo import sft_config
@@ -103,9 +106,10 @@ def test_reward_model_reaches_the_labelers_ceiling(pool):
 
 @pytest.mark.slow
 def test_length_bias_audit_catches_a_length_biased_labeler(pool):
-    fair = train(rm_config(pool, make_data(pool, SimulatedLabeler(temperature=0.3, seed=0), "fair"), "fair"))
+    fair = train(rm_config(pool, make_data(pool, SimulatedLabeler(temperature=0.3, seed=0), "fair"), "fair",
+                           num_epochs=1))
     biased = train(rm_config(pool, make_data(pool, SimulatedLabeler(temperature=0.3, length_bias=0.5, seed=0),
-                                             "biased"), "biased"))
+                                             "biased"), "biased", num_epochs=1))
     _, _, a_fair = gold_accuracy(fair, pool)
     _, _, a_biased = gold_accuracy(biased, pool)
     print("fair", a_fair, "\nbiased", a_biased)

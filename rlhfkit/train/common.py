@@ -262,3 +262,63 @@ def progress(total: int, initial: int, accelerator, desc: str):
     # In a log file (no TTY) redraw rarely, so the log stays readable.
     return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
                 dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+class RunState:
+    """The resumable state of one stage's loop: checkpoints, the step to start from, the metrics
+    log, and the periodic-save / stop_after decision. Shared by every stage so resume works the
+    same everywhere."""
+
+    def __init__(self, cfg, accelerator, run_dir: Path):
+        self.cfg = cfg
+        self.ckpts = Checkpoints(run_dir, accelerator, keep=cfg.keep_checkpoints)
+        self.start = 0
+        if cfg.resume and (latest := self.ckpts.latest()) is not None:
+            self.start = self.ckpts.load(latest)["step"]
+            log.info("resumed from %s at step %d", latest, self.start)
+        self.metrics = MetricsLog(run_dir, accelerator, resume_step=self.start)
+        self.run_dir = run_dir
+
+    def initial_eval(self, evaluate) -> dict:
+        """The step-0 evaluation: run and logged on a fresh run, read back from metrics.jsonl
+        on a resumed one (it was logged before the crash)."""
+        if self.start == 0:
+            res = evaluate()
+            if res:
+                self.metrics.log(0, {k: v for k, v in res.items() if not k.startswith("_")})
+            return res
+        step0 = next((r for r in read_metrics(self.run_dir) if r["step"] == 0), {})
+        return {k: v for k, v in step0.items() if k.startswith("eval_")}
+
+    def after_step(self, done: int, n_steps: int, state: dict) -> bool:
+        """Save a checkpoint when due; True when this invocation should stop (``stop_after``)."""
+        stop = bool(self.cfg.stop_after and done - self.start >= self.cfg.stop_after and done < n_steps)
+        if stop or (self.cfg.save_every and done % self.cfg.save_every == 0 and done < n_steps):
+            self.ckpts.save(done, state)
+        if stop:
+            log.info("stopped after %d steps at step %d; rerun with resume=true", self.cfg.stop_after, done)
+        return stop
+
+
+def start_run(cfg) -> tuple[Any, Path]:
+    """Create the run directory, seed everything, build the Accelerator, write config.yaml."""
+    from rlhfkit.config import save_config
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg, run_dir)
+    if acc.is_main_process:
+        save_config(cfg, run_dir)
+    return acc, run_dir
+
+
+def prepare_optimisation(cfg, acc, model, n_examples: int):
+    """Optimizer, schedule and accelerate wrapping for ``n_examples`` training examples.
+    Returns (model, optimizer, scheduler, n_steps, global_batch)."""
+    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+    n_steps = total_steps(cfg, n_examples, global_batch, source=cfg.data)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, n_steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, n_steps, global_batch

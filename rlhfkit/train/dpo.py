@@ -49,15 +49,13 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import DPOConfig, save_config
+from rlhfkit.config import DPOConfig
 from rlhfkit.data.collate import PairCollator, response_batch, tokenize_pairs
 from rlhfkit.errors import DataError
 from rlhfkit.logprobs import sequence_logprobs
 from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
-from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, global_count,
-                                  make_accelerator, make_optimizer, make_scheduler, micro_batches, progress,
-                                  read_metrics, seed_everything, total_steps, write_json)
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
 from rlhfkit.train.data import load_split
 
 log = logging.getLogger(__name__)
@@ -66,12 +64,7 @@ PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy", "lo
 
 
 def train(cfg: DPOConfig) -> Path:
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    acc = make_accelerator(cfg, run_dir)
-    if acc.is_main_process:
-        save_config(cfg, run_dir)
+    acc, run_dir = start_run(cfg)
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     train_rows, eval_rows, data_report = load_split(cfg, "pairs", render_chat=chat_renderer(tok))
@@ -96,11 +89,7 @@ def train(cfg: DPOConfig) -> Path:
         ref.eval().requires_grad_(False).to(acc.device)
     has_ref_copy = ref is not None
     world, rank = acc.num_processes, acc.process_index
-    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world  # pairs per step
-    n_steps = total_steps(cfg, len(train_ds), global_batch, source=cfg.data)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, n_steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, n_steps, global_batch = prepare_optimisation(cfg, acc, model, len(train_ds))
 
     @torch.no_grad()
     def ref_logps(batch: dict, temperature: float = 1.0) -> torch.Tensor:
@@ -147,12 +136,8 @@ def train(cfg: DPOConfig) -> Path:
         with acc.autocast():
             return ref_logps(b).chunk(2)
 
-    ckpts = Checkpoints(run_dir, acc, keep=cfg.keep_checkpoints)
-    start = 0
-    if cfg.resume and (latest := ckpts.latest()) is not None:
-        start = ckpts.load(latest)["step"]
-        log.info("resumed from %s at step %d", latest, start)
-    metrics = MetricsLog(run_dir, acc, resume_step=start)
+    run = RunState(cfg, acc, run_dir)
+    start, metrics = run.start, run.metrics
 
     def evaluate() -> dict[str, float]:
         if eval_ds is None:
@@ -178,13 +163,7 @@ def train(cfg: DPOConfig) -> Path:
         net.train()
         return out
 
-    if start == 0:
-        initial_eval = evaluate()
-        if initial_eval:
-            metrics.log(0, initial_eval)
-    else:  # resumed: the step-0 evaluation is already in metrics.jsonl
-        step0 = next((r for r in read_metrics(run_dir) if r["step"] == 0), {})
-        initial_eval = {k: v for k, v in step0.items() if k.startswith("eval_")}
+    initial_eval = run.initial_eval(evaluate)
     model.train()
     bar = progress(n_steps, start, acc, "dpo")
     t0, pairs_seen, last_eval = time.time(), 0, initial_eval
@@ -222,18 +201,14 @@ def train(cfg: DPOConfig) -> Path:
             row.update(last_eval)
         if row:
             metrics.log(done, row)
-        if cfg.save_every and done % cfg.save_every == 0 and done < n_steps:
-            ckpts.save(done, {"loss": means["loss"]})
-        if cfg.stop_after and done - start >= cfg.stop_after and done < n_steps:
-            ckpts.save(done, {"loss": means["loss"]})
+        if run.after_step(done, n_steps, {"loss": means["loss"]}):
             bar.close()
-            log.info("stopped after %d steps at step %d; rerun with resume=true", cfg.stop_after, done)
             acc.end_training()
             return run_dir / "checkpoints" / "latest"
     bar.close()
 
     acc.wait_for_everyone()
-    ckpts.save(n_steps, {"final": True})
+    run.ckpts.save(n_steps, {"final": True})
     final = run_dir / "final"
     summary = {
         "stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": n_steps,

@@ -52,9 +52,7 @@ from rlhfkit.losses import bradley_terry_loss, bt_with_ties_loss, ranking_loss, 
 from rlhfkit.modeling import (REWARD_OFFSET, REWARD_SCALE, apply_lora, chat_renderer, load_reward_model,
                               load_tokenizer, save_hf)
 from rlhfkit.scoring import raw_rewards
-from rlhfkit.train.common import (Checkpoints, MetricsLog, batch_indices, clip_and_step, global_count,
-                                  make_accelerator, make_optimizer, make_scheduler, micro_batches, progress,
-                                  read_metrics, seed_everything, total_steps, write_json)
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
 from rlhfkit.train.data import load_rows, load_split
 
 log = logging.getLogger(__name__)
@@ -168,12 +166,7 @@ def evaluate_pairs(model, batches, device) -> dict:
 
 
 def _train_one(cfg: RewardConfig) -> Path:
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    acc = make_accelerator(cfg, run_dir)
-    if acc.is_main_process:
-        save_config(cfg, run_dir)
+    acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     mode = _mode(cfg)
     train_ds, eval_ds, data_report, train_rows = _load_data(cfg, tok, mode)
@@ -185,18 +178,10 @@ def _train_one(cfg: RewardConfig) -> Path:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules)
     world, rank = acc.num_processes, acc.process_index
-    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
-    n_steps = total_steps(cfg, len(train_ds), global_batch, source=cfg.data)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, n_steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, n_steps, global_batch = prepare_optimisation(cfg, acc, model, len(train_ds))
 
-    ckpts = Checkpoints(run_dir, acc, keep=cfg.keep_checkpoints)
-    start = 0
-    if cfg.resume and (latest := ckpts.latest()) is not None:
-        start = ckpts.load(latest)["step"]
-        log.info("resumed from %s at step %d", latest, start)
-    metrics = MetricsLog(run_dir, acc, resume_step=start)
+    run = RunState(cfg, acc, run_dir)
+    start, metrics = run.start, run.metrics
 
     def evaluate() -> dict:
         if eval_ds is None or not acc.is_main_process:
@@ -216,9 +201,7 @@ def _train_one(cfg: RewardConfig) -> Path:
             write_json(run_dir / "eval.json", {"step": step, **scalars, **res["_extra"]})
         return scalars
 
-    initial_eval = log_eval(0, evaluate()) if start == 0 else {}
-    if initial_eval:
-        metrics.log(0, initial_eval)
+    initial_eval = run.initial_eval(lambda: log_eval(0, evaluate()))
     model.train()
     bar = progress(n_steps, start, acc, "reward")
     t0, last_eval = time.time(), initial_eval
@@ -261,19 +244,13 @@ def _train_one(cfg: RewardConfig) -> Path:
             row.update(last_eval)
         if row:
             metrics.log(done, row)
-        if cfg.save_every and done % cfg.save_every == 0 and done < n_steps:
-            ckpts.save(done, {"loss": loss})
-        if cfg.stop_after and done - start >= cfg.stop_after and done < n_steps:
-            ckpts.save(done, {"loss": loss})
+        if run.after_step(done, n_steps, {"loss": loss}):
             bar.close()
             acc.end_training()
             return run_dir / "checkpoints" / "latest"
     bar.close()
     acc.wait_for_everyone()
-    ckpts.save(n_steps, {"final": True})
-    if start > 0 and not initial_eval:
-        step0 = next((r for r in read_metrics(run_dir) if r["step"] == 0), {})
-        initial_eval = {k: v for k, v in step0.items() if k.startswith("eval_")}
+    run.ckpts.save(n_steps, {"final": True})
 
     final = run_dir / "final"
     if acc.is_main_process:

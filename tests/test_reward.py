@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from rlhfkit.config import RewardConfig
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.evaluate.metrics import length_bias_audit
-from rlhfkit.feedback.simulate import SimulatedLabeler, bayes_accuracy, make_preference_pairs
+from rlhfkit.feedback.simulate import SimulatedLabeler, make_preference_pairs
 from rlhfkit.scoring import RewardScorer
 from rlhfkit.synthetic.gold import gold_reward_fn
+from rlhfkit.synthetic.preferences import reward_vs_gold
 from rlhfkit.train.common import read_metrics
 from rlhfkit.train.reward import train
 
@@ -71,17 +71,9 @@ def rm_config(pool, data: Path, out: str, **kw) -> RewardConfig:
 
 def gold_accuracy(model_dir: Path, pool) -> tuple[float, float, dict]:
     """Held-out accuracy against the gold ordering, the labeler's Bayes ceiling, length audit."""
-    P, A, B, ga, gb = pool["eval"]
-    ra, _ = RewardScorer(model_dir, max_length=96).score(P, A)
-    rb, _ = RewardScorer(model_dir, max_length=96).score(P, B)
-    m = ga != gb
-    acc = float(np.mean(np.sign(ra - rb)[m] == np.sign(ga - gb)[m]))
-    # Reorder each pair so "chosen" is the gold-better response, then audit length.
-    better_a = ga > gb
-    rc, rr = np.where(better_a, ra, rb)[m], np.where(better_a, rb, ra)[m]
-    la, lb = np.array([len(x.split()) for x in A]), np.array([len(x.split()) for x in B])
-    audit = length_bias_audit(rc, rr, np.where(better_a, la, lb)[m], np.where(better_a, lb, la)[m])
-    return acc, bayes_accuracy(ga[m], gb[m], HUMAN_LIKE_T), audit
+    P, A, B, _, _ = pool["eval"]
+    res = reward_vs_gold(model_dir, P, A, B, labeler_temperature=HUMAN_LIKE_T)
+    return res["accuracy_vs_gold"], res["labeler_bayes_accuracy"], res["length_audit"]
 
 
 @pytest.mark.slow

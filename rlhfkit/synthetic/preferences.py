@@ -53,3 +53,33 @@ def preference_splits(policy_dir: str | Path, world: str | Path, output: str | P
                               max_new_tokens=max_new_tokens, seed=seed + i)
         files[split] = write_jsonl(out / f"{split}.jsonl", rows)
     return files
+
+
+def reward_vs_gold(model_dir: str | Path, prompts: list[str], resp_a: list[str], resp_b: list[str], *,
+                   labeler_temperature: float, max_length: int = 96) -> dict:
+    """How well a reward model orders held-out pairs by the gold reward.
+
+    Returns ``accuracy_vs_gold`` (pairs with equal gold left out), the Bayes accuracy of a
+    Bradley-Terry labeler with ``labeler_temperature`` on the same pairs (how often such a
+    labeler agrees with the gold ordering -- the RLHF literature's yardstick for labels), the
+    gap between the two, and a length-bias audit with "chosen" = the gold-better response.
+    """
+    import numpy as np
+
+    from rlhfkit.evaluate.metrics import length_bias_audit
+    from rlhfkit.feedback.simulate import bayes_accuracy
+    from rlhfkit.scoring import RewardScorer
+
+    ga, gb = np.array(gold_reward_fn(prompts, resp_a)), np.array(gold_reward_fn(prompts, resp_b))
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    ra, _ = scorer.score(prompts, resp_a)
+    rb, _ = scorer.score(prompts, resp_b)
+    m = ga != gb
+    acc = float(np.mean(np.sign(ra - rb)[m] == np.sign(ga - gb)[m]))
+    ceiling = bayes_accuracy(ga[m], gb[m], labeler_temperature)
+    a_better = ga > gb
+    la, lb = np.array([len(x.split()) for x in resp_a]), np.array([len(x.split()) for x in resp_b])
+    audit = length_bias_audit(np.where(a_better, ra, rb)[m], np.where(a_better, rb, ra)[m],
+                              np.where(a_better, la, lb)[m], np.where(a_better, lb, la)[m])
+    return {"pairs": int(m.sum()), "accuracy_vs_gold": acc, "labeler_bayes_accuracy": ceiling,
+            "gap_points": 100 * (ceiling - acc), "length_audit": audit}

@@ -290,6 +290,19 @@ class RunState:
         step0 = next((r for r in read_metrics(self.run_dir) if r["step"] == 0), {})
         return {k: v for k, v in step0.items() if k.startswith("eval_")}
 
+    def log_step(self, done: int, n_steps: int, train_metrics: dict, evaluate) -> dict | None:
+        """Write the step's metrics line when logging or evaluation is due (always at the last
+        step); returns the evaluation's result when one ran."""
+        row, result = {}, None
+        if done % self.cfg.log_every == 0 or done == n_steps:
+            row.update(train_metrics)
+        if (self.cfg.eval_every and done % self.cfg.eval_every == 0) or done == n_steps:
+            result = evaluate()
+            row.update({k: v for k, v in result.items() if not k.startswith("_")})
+        if row:
+            self.metrics.log(done, row)
+        return result
+
     def after_step(self, done: int, n_steps: int, state: dict) -> bool:
         """Save a checkpoint when due; True when this invocation should stop (``stop_after``)."""
         stop = bool(self.cfg.stop_after and done - self.start >= self.cfg.stop_after and done < n_steps)

@@ -137,7 +137,7 @@ def train(cfg: DPOConfig) -> Path:
             return ref_logps(b).chunk(2)
 
     run = RunState(cfg, acc, run_dir)
-    start, metrics = run.start, run.metrics
+    start = run.start
 
     def evaluate() -> dict[str, float]:
         if eval_ds is None:
@@ -192,15 +192,9 @@ def train(cfg: DPOConfig) -> Path:
         done = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.2f}", refresh=False)
-        row: dict[str, float] = {}
-        if done % cfg.log_every == 0 or done == n_steps:
-            row.update(means, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
-                       epoch=done * global_batch / len(train_ds))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps:
-            last_eval = evaluate()
-            row.update(last_eval)
-        if row:
-            metrics.log(done, row)
+        last_eval = run.log_step(done, n_steps, dict(
+            means, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+            epoch=done * global_batch / len(train_ds)), evaluate) or last_eval
         if run.after_step(done, n_steps, {"loss": means["loss"]}):
             bar.close()
             acc.end_training()

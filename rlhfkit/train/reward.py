@@ -181,7 +181,7 @@ def _train_one(cfg: RewardConfig) -> Path:
     model, optimizer, scheduler, n_steps, global_batch = prepare_optimisation(cfg, acc, model, len(train_ds))
 
     run = RunState(cfg, acc, run_dir)
-    start, metrics = run.start, run.metrics
+    start = run.start
 
     def evaluate() -> dict:
         if eval_ds is None or not acc.is_main_process:
@@ -235,15 +235,9 @@ def _train_one(cfg: RewardConfig) -> Path:
         done = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.2f}", refresh=False)
-        row: dict = {}
-        if done % cfg.log_every == 0 or done == n_steps:
-            row.update(loss=loss, accuracy=accuracy, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
-                       epoch=done * global_batch / len(train_ds))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps:
-            last_eval = log_eval(done, evaluate())
-            row.update(last_eval)
-        if row:
-            metrics.log(done, row)
+        last_eval = run.log_step(done, n_steps, dict(
+            loss=loss, accuracy=accuracy, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+            epoch=done * global_batch / len(train_ds)), lambda: log_eval(done, evaluate())) or last_eval
         if run.after_step(done, n_steps, {"loss": loss}):
             bar.close()
             acc.end_training()

@@ -68,7 +68,7 @@ def train(cfg: SFTConfig) -> Path:
     model, optimizer, scheduler, n_steps, global_batch = prepare_optimisation(cfg, acc, model, len(train_ds))
 
     run = RunState(cfg, acc, run_dir)
-    start, metrics = run.start, run.metrics
+    start = run.start
 
     def evaluate() -> dict[str, float]:
         if eval_ds is None:
@@ -119,15 +119,9 @@ def train(cfg: SFTConfig) -> Path:
         done = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        row: dict[str, float] = {}
-        if done % cfg.log_every == 0 or done == n_steps:
-            row.update(loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
-                       tokens=step_tokens, epoch=done * global_batch / len(train_ds))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps:
-            last_eval = evaluate()
-            row.update(last_eval)
-        if row:
-            metrics.log(done, row)
+        last_eval = run.log_step(done, n_steps, dict(
+            loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], tokens=step_tokens,
+            epoch=done * global_batch / len(train_ds)), evaluate) or last_eval
         if run.after_step(done, n_steps, {"loss": loss}):
             bar.close()
             acc.end_training()

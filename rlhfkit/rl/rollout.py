@@ -1,0 +1,196 @@
+"""Rollouts: sample responses to prompts and record what PPO / RLOO / GRPO need about them.
+
+Implementation details (RLHF-DETAILS items 7-12):
+
+1. Prompts are tokenised without EOS and left-padded with the real PAD token plus an attention
+   mask, so every prompt ends in the same column P and one batched ``generate`` call with the KV
+   cache samples all of them (the fast path; it is the default and the only path).
+2. Sampling: temperature (0.7 is common in RL), ``top_k=0`` and ``top_p=1`` by default, at most
+   ``max_new_tokens``, stopping at EOS.
+3. Everything after the first EOS is padding: its ids are set to PAD and it is 0 in
+   ``attention_mask`` and ``response_mask``. ``ended_with_eos`` looks at the response only.
+4. The sequences keep the generation layout: (B, P) left-padded prompt then (B, R) response
+   columns, with ``position_ids = cumsum(mask) - 1``. Training forwards reuse these tensors.
+5. Log-probs of the sampled tokens are recomputed with one ordinary forward pass (not taken from
+   ``generate``'s scores, which are post-processed by top-k/top-p and come from the incremental
+   KV-cache path) and with logits divided by the same temperature, via the shared
+   :func:`rlhfkit.logprobs.token_logprobs`. The training forward is then the same computation,
+   so the first PPO ratio is 1 to float error in fp32. With top-k/top-p the log-probs are those
+   of the temperature-scaled full softmax, as in TRL and OpenRLHF (the truncation is treated as
+   part of the environment).
+6. The model is put in eval mode (no dropout, item 7) while sampling and scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from rlhfkit.data.collate import _encode_prompts, left_pad_prompts, position_ids_from_mask
+from rlhfkit.logprobs import token_logprobs
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled episodes; B = number of prompts * num_samples (group layout:
+    row ``i * k + j`` is sample j of prompt i)."""
+
+    prompts: list[str]  # (B,) prompt text of each row (repeated k times)
+    query_ids: list[list[int]]  # (B,) unpadded prompt tokens
+    response_ids: list[list[int]]  # (B,) sampled tokens through the first EOS, unpadded
+    input_ids: torch.Tensor  # (B, T) left-padded prompt + response, PAD after EOS; T = P + R
+    attention_mask: torch.Tensor  # (B, T) 1 on real prompt and response tokens
+    position_ids: torch.Tensor  # (B, T) cumsum(attention_mask) - 1, 0 on padding
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens through the first EOS
+    logprobs: torch.Tensor  # (B, T-1) temperature-scaled log p of input_ids[:, 1:], 0 off the response
+    texts: list[str]  # (B,) decoded responses, truncated before EOS, special tokens skipped
+    ended_with_eos: torch.Tensor  # (B,) bool: EOS was sampled within max_new_tokens
+    prompt_width: int  # P, the column where responses start
+    temperature: float = 1.0
+    meta: dict = field(default_factory=dict)  # timing: gen_seconds, logprob_seconds
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """(B, T-1) response mask aligned with ``logprobs`` (and any token_logprobs output)."""
+        return self.response_mask[:, 1:]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) number of response tokens, EOS included."""
+        return self.response_mask.sum(-1)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+
+@torch.no_grad()
+def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor, response_mask: torch.Tensor, *,
+                     temperature: float = 1.0, batch_size: int = 64) -> torch.Tensor:
+    """(B, T-1) temperature-scaled log-probs of the response tokens (0 elsewhere), computed in
+    chunks of ``batch_size`` rows without gradients: for the rollout policy, the frozen
+    reference and any other scorer of the same sequences."""
+    out = []
+    for s in range(0, input_ids.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        logits = model(input_ids=input_ids[sl], attention_mask=attention_mask[sl],
+                       position_ids=position_ids[sl]).logits  # (b, T, V)
+        lp = token_logprobs(logits, input_ids[sl], temperature)  # (b, T-1)
+        out.append(lp * response_mask[sl, 1:].to(lp.dtype))
+    return torch.cat(out)
+
+
+def truncate_after_eos(new_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, R) generated columns -> (ids with PAD after the first EOS, (B, R) mask through the
+    first EOS, (B,) ended_with_eos). A row without EOS keeps all R tokens (even sampled PADs:
+    the mask is positional, not by token id)."""
+    b, r = new_ids.shape
+    is_eos = new_ids == eos_id  # (B, R)
+    ended = is_eos.any(dim=1)  # (B,)
+    # first EOS column, or R when there is none; argmax returns the first maximum
+    first = torch.where(ended, is_eos.int().argmax(dim=1), torch.full((b,), r, device=new_ids.device))
+    cols = torch.arange(r, device=new_ids.device).expand(b, r)  # (B, R)
+    mask = (cols <= first.unsqueeze(1)).long()  # (B, R) includes the EOS itself
+    return new_ids.masked_fill(mask == 0, pad_id), mask, ended
+
+
+@torch.no_grad()
+def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
+                     max_new_tokens: int = 48, temperature: float = 0.7, top_k: int = 0,
+                     top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
+                     prompt_ids: list[list[int]] | None = None) -> Rollout:
+    """Sample ``num_samples`` responses per prompt and build a :class:`Rollout`.
+
+    ``prompt_ids`` may be given instead of tokenising ``prompts`` (they must not end in EOS).
+    ``seed`` reseeds the global generator that ``generate`` draws from; None leaves it alone (a
+    training loop that checkpoints RNG state wants that).
+    """
+    if temperature <= 0:
+        raise ValueError("rollouts sample: temperature must be > 0 (log-probs divide by it)")
+    if seed is not None:
+        torch.manual_seed(seed)
+    import time
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None or pad == eos:
+        raise ValueError("the tokenizer needs a PAD token distinct from EOS (load it with load_tokenizer)")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = prompt_ids if prompt_ids is not None else _encode_prompts(tokenizer, list(prompts))
+    # Group layout: each prompt repeated k times, contiguously.
+    ids = [list(p) for p in ids for _ in range(num_samples)]
+    texts_in = [p for p in prompts for _ in range(num_samples)]
+
+    t0 = time.perf_counter()
+    chunks = []
+    for s in range(0, len(ids), batch_size):
+        batch = {k: v.to(device) for k, v in left_pad_prompts(ids[s:s + batch_size], pad).items()}
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, top_k=top_k, top_p=top_p,
+                             pad_token_id=pad, eos_token_id=eos, use_cache=True)
+        chunks.append(gen[:, batch["input_ids"].shape[1]:])  # (b, <= max_new_tokens)
+    gen_seconds = time.perf_counter() - t0
+
+    # One (B, T) tensor for the whole rollout: prompts left-padded to the longest prompt P,
+    # responses right-padded to the longest response R (chunks may differ in both).
+    prompt_batch = left_pad_prompts(ids, pad)
+    p_width = prompt_batch["input_ids"].shape[1]
+    r_width = max(c.shape[1] for c in chunks)
+    new = torch.full((len(ids), r_width), pad, dtype=torch.long)
+    row = 0
+    for c in chunks:
+        new[row:row + c.shape[0], :c.shape[1]] = c.cpu()
+        row += c.shape[0]
+    # A chunk narrower than R stopped early because all its rows had emitted EOS, so its missing
+    # columns lie after every row's first EOS: PAD there, and masked below.
+    new, resp_mask, ended = truncate_after_eos(new, eos, pad)  # (B, R), (B, R), (B,)
+
+    input_ids = torch.cat([prompt_batch["input_ids"], new], dim=1)  # (B, T)
+    attention_mask = torch.cat([prompt_batch["attention_mask"], resp_mask], dim=1)
+    response_mask = torch.cat([torch.zeros_like(prompt_batch["attention_mask"]), resp_mask], dim=1)
+    position_ids = position_ids_from_mask(attention_mask)
+    t1 = time.perf_counter()
+    logprobs = forward_logprobs(model, input_ids.to(device), attention_mask.to(device),
+                                position_ids.to(device), response_mask.to(device),
+                                temperature=temperature, batch_size=batch_size).cpu()
+    logprob_seconds = time.perf_counter() - t1
+    model.train(was_training)
+
+    response_ids = [r[:int(n)] for r, n in zip(new.tolist(), resp_mask.sum(-1).tolist())]
+    texts = [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True)
+             for r, e in zip(response_ids, ended.tolist())]
+    return Rollout(prompts=texts_in, query_ids=ids, response_ids=response_ids, input_ids=input_ids,
+                   attention_mask=attention_mask, position_ids=position_ids, response_mask=response_mask,
+                   logprobs=logprobs, texts=texts, ended_with_eos=ended, prompt_width=p_width,
+                   temperature=temperature,
+                   meta={"gen_seconds": gen_seconds, "logprob_seconds": logprob_seconds,
+                         "new_tokens": int(resp_mask.sum())})
+
+
+def apply_no_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor, penalty: float | None,
+                         mode: Literal["replace", "subtract"] = "replace") -> torch.Tensor:
+    """Item 11: responses that never emitted EOS get ``penalty`` as their score ("replace", e.g.
+    -1 on a mean-0 reward scale) or have ``penalty`` subtracted ("subtract"). None: unchanged."""
+    scores = scores.float()
+    if penalty is None:
+        return scores
+    missing = ~ended_with_eos.bool().to(scores.device)  # (B,)
+    if mode == "replace":
+        return torch.where(missing, torch.full_like(scores, penalty), scores)
+    if mode == "subtract":
+        return scores - penalty * missing.to(scores.dtype)
+    raise ValueError(f"no-EOS penalty mode must be 'replace' or 'subtract', got {mode!r}")
+
+
+def score_rollout(rollout: Rollout, reward_fn: Callable[[list[str], list[str]], Sequence[float]], *,
+                  no_eos_penalty: float | None = None,
+                  penalty_mode: Literal["replace", "subtract"] = "replace") -> tuple[torch.Tensor, torch.Tensor]:
+    """Score the truncated texts (item 10) with ``reward_fn(prompts, responses) -> (B,)`` (e.g.
+    ``lambda p, r: RewardScorer(...).score(p, r)[0]`` or a gold function), then apply the no-EOS
+    penalty. Returns ``(raw scores, penalised scores)``, both (B,) fp32."""
+    raw = torch.as_tensor(list(map(float, reward_fn(rollout.prompts, rollout.texts))), dtype=torch.float32)
+    return raw, apply_no_eos_penalty(raw, rollout.ended_with_eos, no_eos_penalty, penalty_mode)

@@ -146,6 +146,13 @@ class TrainConfig(BaseConfig):
     """Stop after this many optimizer steps in this invocation, saving a checkpoint (for
     time-limited jobs); run again with `resume: true` to continue the same schedule."""
 
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss or gradient norm skips that update; then 'stop' ends the run with a clear
+    message (the last good checkpoint intact) or 'skip' goes on, at most `max_nonfinite_skips` times."""
+
+    max_nonfinite_skips: int = Field(10, ge=0)
+    """With on_nonfinite=skip, stop after this many skipped updates."""
+
     trackers: list[Literal["tensorboard", "wandb"]] = []
     """Extra experiment trackers via accelerate (metrics.jsonl is always written)."""
 

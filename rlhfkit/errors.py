@@ -42,3 +42,7 @@ class DataError(RlhfkitError):
 
 class ModelError(RlhfkitError):
     """A model or tokenizer cannot be loaded or is unusable (e.g. no distinct pad token)."""
+
+
+class TrainingError(RlhfkitError):
+    """Training cannot go on (e.g. a non-finite loss or gradient); the message says what to do."""

@@ -473,7 +473,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 # optimizer step (all micro-batches and processes), as in ``sft_loss``.
 # ---------------------------------------------------------------------------------------------
 
-from rlhfkit.logprobs import masked_mean  # noqa: E402  (torch-only module; one masked mean)
+from rlhfkit.logprobs import masked_mean  # torch-only module: the one shared masked mean
 
 
 def _token_mean(x: torch.Tensor, mask: torch.Tensor, num_tokens: torch.Tensor | float | None) -> torch.Tensor:

@@ -141,3 +141,34 @@ def test_packing_trains_and_masks(world, tmp_path):
     final = train(small_cfg(world, tmp_path / "packed", packing=True, completion_only_loss=False, max_steps=3))
     summary = json.loads((tmp_path / "packed" / "summary.json").read_text())
     assert final.is_dir() and summary["final_eval_loss"] < summary["initial_eval_loss"]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(world, tmp_path, monkeypatch):
+    import rlhfkit.train.sft as sft
+    from rlhfkit.errors import TrainingError
+
+    real, calls = sft.token_nll, {"n": 0}
+
+    def poisoned(logits, labels):  # training calls: one per micro-batch; step 4 gets a NaN loss
+        nll, n = real(logits, labels)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 4:
+                return nll * float("nan"), n
+        return nll, n
+
+    monkeypatch.setattr(sft, "token_nll", poisoned)
+    cfg = small_cfg(world, tmp_path / "nan", save_every=2)
+    with pytest.raises(TrainingError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert "step 4" in msg and "non-finite" in msg and "step-00000002" in msg
+    ckpt = tmp_path / "nan" / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step-00000002"
+    good = load_file(str(ckpt / "step-00000002" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in good.values())
+    # skip mode: the poisoned update is skipped, the run finishes with finite weights
+    calls["n"] = 0
+    final = train(small_cfg(world, tmp_path / "skip", on_nonfinite="skip"))
+    assert all(torch.isfinite(v).all() for v in weights(final).values())
+    assert [r.get("grad_norm") for r in read_metrics(tmp_path / "skip") if r["step"] == 4] == [None]

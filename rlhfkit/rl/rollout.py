@@ -23,8 +23,10 @@ Implementation details (RLHF-DETAILS items 7-12):
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -112,8 +114,6 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
         raise ValueError("rollouts sample: temperature must be > 0 (log-probs divide by it)")
     if seed is not None:
         torch.manual_seed(seed)
-    import time
-
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if pad is None or pad == eos:
         raise ValueError("the tokenizer needs a PAD token distinct from EOS (load it with load_tokenizer)")

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,22 @@ def global_count(accelerator, value: float | int) -> float:
     return float(t.item())
 
 
-def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
-    """Clip (if asked), step optimizer and scheduler, zero grads; returns the pre-clip grad norm."""
+def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
+    """Clip (if asked), step optimizer and scheduler, zero grads; returns the pre-clip grad norm.
+
+    NaN/inf guard: the norm is computed over the synchronised gradients, so every process sees
+    the same value; a non-finite one (from a non-finite loss or an overflow) skips the update
+    entirely -- weights and optimizer state stay as they were -- and returns None so the caller
+    stops or counts a skip (``on_nonfinite``).
+    """
     if max_grad_norm is not None:
         norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     else:
         norm = torch.norm(torch.stack([p.grad.detach().norm() for p in model.parameters()
                                        if p.grad is not None]))
+    if not torch.isfinite(torch.as_tensor(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -278,6 +287,7 @@ class RunState:
             log.info("resumed from %s at step %d", latest, self.start)
         self.metrics = MetricsLog(run_dir, accelerator, resume_step=self.start)
         self.run_dir = run_dir
+        self.skipped = 0
 
     def initial_eval(self, evaluate) -> dict:
         """The step-0 evaluation: run and logged on a fresh run, read back from metrics.jsonl
@@ -302,6 +312,21 @@ class RunState:
         if row:
             self.metrics.log(done, row)
         return result
+
+    def nonfinite(self, done: int, loss: float) -> None:
+        """Handle a step whose loss or gradient was not finite (its update was skipped): raise
+        with the last good checkpoint named, or count a skip (``on_nonfinite: skip``)."""
+        self.skipped += 1
+        latest = self.ckpts.latest()
+        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet (save_every)"
+        if self.cfg.on_nonfinite == "stop" or self.skipped > self.cfg.max_nonfinite_skips:
+            why = ("" if self.cfg.on_nonfinite == "stop"
+                   else f" ({self.skipped} non-finite steps, more than max_nonfinite_skips)")
+            raise TrainingError(f"step {done}: non-finite loss ({loss}) or gradient; stopped before the optimizer "
+                                f"step{why}. Weights were not updated; {where}. Lower learning_rate or check the "
+                                "data, then rerun with resume=true.")
+        log.warning("step %d: non-finite loss (%s) or gradient; update skipped (%d of at most %d)",
+                    done, loss, self.skipped, self.cfg.max_nonfinite_skips)
 
     def after_step(self, done: int, n_steps: int, state: dict) -> bool:
         """Save a checkpoint when due; True when this invocation should stop (``stop_after``)."""

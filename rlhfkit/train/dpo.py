@@ -188,6 +188,8 @@ def train(cfg: DPOConfig) -> Path:
                 sums[k] += m[k] * len(mb)
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
         means = _global_mean(acc, sums, global_batch)
+        if grad_norm is None:  # NaN/inf: the update was skipped
+            run.nonfinite(step + 1, means["loss"])
         pairs_seen += global_batch
         done = step + 1
         bar.update(1)

@@ -231,6 +231,8 @@ def _train_one(cfg: RewardConfig) -> Path:
                     correct += float((rewards[:n] > rewards[n:]).float().mean()) * n
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
         loss = global_count(acc, loss_sum) / max(step_units, 1.0)
+        if grad_norm is None:  # NaN/inf: the update was skipped
+            run.nonfinite(step + 1, loss)
         accuracy = global_count(acc, correct) / max(step_units, 1.0)
         done = step + 1
         bar.update(1)

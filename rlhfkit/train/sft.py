@@ -115,6 +115,8 @@ def train(cfg: SFTConfig) -> Path:
             nll_sum += nll.item()
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
         loss = global_count(acc, nll_sum) / max(step_tokens, 1.0)
+        if grad_norm is None:  # NaN/inf: the update was skipped
+            run.nonfinite(step + 1, loss)
         tokens_seen += step_tokens
         done = step + 1
         bar.update(1)

@@ -285,6 +285,26 @@ def test_rollout_masks_everything_after_first_eos(base, prompts):
         assert (r.logprobs[i, p + n - 1:] == 0).all()  # ...and carries no log-prob
         assert r.response_mask[i, :p].sum() == 0  # prompt is not response
     assert tok.eos_token not in "".join(r.texts)
+
+    # Post-EOS positions contribute nothing downstream: garbage there changes no output.
+    from rlhfkit.rl.kl import kl_k1
+
+    g = torch.Generator().manual_seed(0)
+    mask = r.token_mask  # (B, T-1)
+    ref = r.logprobs + 0.1 * torch.randn(r.logprobs.shape, generator=g)
+    values = torch.randn(r.logprobs.shape, generator=g)
+    score = torch.randn(mask.shape[0], generator=g)
+
+    def pipeline(logp, ref_logp, vals):
+        rewards = per_token_rewards(score, kl_k1(logp, ref_logp), mask, beta=0.05)
+        adv, ret = gae(rewards, vals, mask, gamma=1.0, lam=0.95)
+        adv = whiten(adv, mask)
+        return (adv, ret, ppo_policy_loss(logp, logp, adv, mask)[0],
+                ppo_value_loss(vals, vals, ret, mask)[0])
+
+    junk = (1 - mask) * 37.0
+    for a, b in zip(pipeline(r.logprobs, ref, values), pipeline(r.logprobs + junk, ref - junk, values + junk)):
+        assert torch.equal(a, b)
     raw, pen = score_rollout(r, lambda ps, rs: [float(len(x)) for x in rs], no_eos_penalty=-1.0)
     assert pen[~r.ended_with_eos].eq(-1.0).all() and torch.equal(pen[r.ended_with_eos], raw[r.ended_with_eos])
 

@@ -498,9 +498,11 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     ``ratio`` = mean rho.
     """
     m = mask.to(torch.float32)
-    log_ratio = logp.float() - old_logp.float()  # (B, T)
+    # Zero the log-ratio off the mask before exp: a padded position holding -inf or a large
+    # log-prob would give inf * 0 = nan in the masked mean.
+    log_ratio = torch.where(m.bool(), logp.float() - old_logp.float(), 0.0)  # (B, T)
     ratio = torch.exp(log_ratio)
-    adv = advantages.float()
+    adv = torch.where(m.bool(), advantages.float(), 0.0)
     unclipped = -adv * ratio  # (B, T)
     clipped = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     loss = _token_mean(torch.maximum(unclipped, clipped), m, num_tokens)

@@ -168,6 +168,10 @@ def test_ppo_policy_loss_clipping_by_hand():
     loss.backward()
     # clipped tokens (and the masked one) get no gradient; d(-A rho)/dlogp = -A rho / 4 otherwise
     assert logp.grad[0].tolist() == approx([0.0, -0.5 / 4, 0.0, 3.0 / 4, 0.0])
+    # -inf / huge values on a masked position do not turn the loss into nan
+    bad = logp.detach().clone()
+    bad[0, 4] = float("-inf")
+    assert ppo_policy_loss(bad, old + 200.0 * (1 - mask), adv, mask)[0].item() == approx(2.9 / 4)
     # a caller-provided token count (the whole step's) replaces the denominator
     assert ppo_policy_loss(logp, old, adv, mask, num_tokens=8)[0].item() == approx(2.9 / 8)
 

@@ -31,6 +31,8 @@ STAGES: dict[str, Stage] = {
                  "direct preference optimisation (DPO, IPO, cDPO, hinge, SimPO) on preference pairs"),
     "reward": Stage("RewardConfig", "rlhfkit.train.reward:train",
                     "train a reward model on preference pairs or rankings (with ties, margins, ensembles)"),
+    "ppo": Stage("PPOConfig", "rlhfkit.train.ppo:train",
+                 "online RL from a reward model or function: PPO with a critic, or RLOO / GRPO"),
     "score": Stage("ScoreConfig", "rlhfkit.scoring:score_file", "score prompt/response rows with a reward model"),
     "gold-score": Stage("GoldScoreConfig", "rlhfkit.synthetic.world:gold_score_file",
                         "score completions with the synthetic world's gold reward"),

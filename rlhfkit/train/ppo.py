@@ -1,0 +1,359 @@
+"""`rlhf ppo`: online RL from a reward -- PPO with a critic, or critic-free RLOO / GRPO.
+
+Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
+
+1. One explicit loop per step: rollout -> score -> no-EOS penalty -> per-token KL to the frozen
+   reference -> values -> GAE -> whiten -> PPO epochs -> log. The mechanics are the shared
+   ones in :mod:`rlhfkit.rl` and :mod:`rlhfkit.losses`; this file only wires them.
+2. Rollouts (``generate_rollout``): left-padded prompts, KV cache, temperature 0.7, top_k 0,
+   top_p 1 by default; everything after the first EOS is padding (items 8-10). The rollout's
+   log-probs, the reference's and the training forward's all divide the logits by the sampling
+   temperature (item 12), so on the first minibatch of the first epoch the ratio is 1 to float
+   error: logged as ``first_ratio`` / ``first_approx_kl`` / ``first_clipfrac``.
+3. Reward: the weighted sum of a reward model (``RewardScorer`` applies its stored offset /
+   scale, item 5) and Python functions ``module:function`` (``gold`` = the synthetic gold
+   reward), scored on the truncated text; then responses without EOS get ``no_eos_penalty``
+   (item 11; EOS is looked for in the response only).
+4. KL: k1 per token against the frozen reference (a second copy in eval mode, no grad, dropout
+   off; with LoRA the same weights with the adapter disabled, item 23). PPO puts ``-beta * k1``
+   on every response token and the score on the last one (item 13). RLOO / GRPO subtract
+   ``beta * sequence k1`` from the sequence reward (``kl_in: reward``) or add ``beta * k3`` to
+   the loss (``kl_in: loss``, GRPO's choice; item 20). beta is fixed or adaptive (item 16); the
+   controller is updated once per step with the batch's mean sequence KL and checkpointed.
+5. Critic (PPO only): a separate network, ``AutoModelForSequenceClassification`` initialised
+   from the reward model (default) or from the policy with a small fresh head (item 17). Its
+   per-token values are ``head(hidden_states)`` at every position (the reward head applied to
+   the trunk's last hidden states), aligned with the log-probs: the value of position t
+   predicts the return from token t+1 on; the reward model's stored offset / scale are applied
+   to them, so initial values are on the reward's scale (item 5). With LoRA the critic is
+   still a full network. Deviation: no value-head-on-policy option yet.
+6. GAE with gamma 1, lambda 0.95; returns = A + V before whitening; advantages whitened over
+   valid tokens only (item 14). Whitening is per process (not all-reduced) with several
+   processes. RLOO / GRPO: the sequence advantage of ``rloo_advantages`` / ``grpo_advantages``
+   (k samples per prompt, contiguous) is broadcast to every response token (item 21).
+7. PPO epochs: ``ppo_epochs`` passes, each a fresh permutation (seeded by seed, step, epoch)
+   split into minibatches of ``mini_batch_size`` episodes, one optimizer step per minibatch for
+   the policy (clipped surrogate, clip 0.2) and for the critic (clipped value loss, clip 0.2,
+   ``0.5 * mean(max(sq, sq_clipped))``) (item 15). Separate AdamW optimizers (eps 1e-5) and
+   linear schedules over all minibatch steps (item 18). Tokens after EOS are masked out of every
+   loss and statistic.
+8. Monitors logged every step (item 19): mean sequence KL (sum over tokens of logp - ref_logp),
+   approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
+   bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
+   with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
+9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm). With
+   ``keep_best`` the policy whose rollout had the best mean gold (else proxy) reward is saved to
+   ``best/`` (the weights that produced that rollout, i.e. before that step's update; with
+   LoRA a merged copy). Deviation: no "gap widening for N evals" alarm yet.
+10. Checkpoints hold policy, critic, both optimizers and schedules and RNG (accelerate), plus
+    the KL controller and the best-point record (state.json); the data order and minibatch
+    permutations are functions of (seed, step), so ``resume`` continues exactly (each process
+    samples from its own torch seed, restored per process). The final
+    policy is a plain Hugging Face directory (LoRA merged) plus summary.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.errors import DataError
+from rlhfkit.logprobs import masked_mean, token_logprobs
+from rlhfkit.losses import entropy_from_logits, ppo_policy_loss, ppo_value_loss
+from rlhfkit.modeling import (
+    REWARD_OFFSET,
+    REWARD_SCALE,
+    apply_lora,
+    chat_renderer,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    reward_head,
+    save_hf,
+)
+from rlhfkit.rl.advantages import gae, grpo_advantages, per_token_rewards, rloo_advantages, whiten
+from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
+from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
+from rlhfkit.train.common import (
+    RunState,
+    batch_indices,
+    clip_and_step,
+    make_optimizer,
+    make_scheduler,
+    progress,
+    start_run,
+    total_steps,
+    write_json,
+)
+from rlhfkit.train.data import load_split
+
+log = logging.getLogger(__name__)
+
+
+class ValueModel(nn.Module):
+    """Per-token values from a sequence-classification model: its scalar head on every position
+    of the trunk's last hidden states (item 17)."""
+
+    def __init__(self, seq_cls_model):
+        super().__init__()
+        self.net = seq_cls_model  # the head is looked up, not stored twice (shared tensors)
+        # Item 5: a reward model's stored normalisation, so the initial values are on the
+        # scale of the rewards they predict (identity for a fresh head).
+        self.register_buffer("offset", torch.tensor(float(getattr(seq_cls_model.config, REWARD_OFFSET, 0.0))))
+        self.register_buffer("scale", torch.tensor(float(getattr(seq_cls_model.config, REWARD_SCALE, 1.0))))
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        trunk = getattr(self.net, self.net.base_model_prefix)
+        h = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        v = (reward_head(self.net)(h).squeeze(-1).float() - self.offset) / self.scale
+        return v[:, :-1]  # (B, T-1), aligned with token log-probs
+
+
+def reward_function(cfg: PPOConfig, device):
+    """The weighted sum of all reward sources as one ``(prompts, completions) -> list`` function."""
+    sources = []
+    if cfg.reward_model:
+        from rlhfkit.scoring import RewardScorer
+
+        scorer = RewardScorer(cfg.reward_model, max_length=cfg.max_length, device=device)
+        sources.append(lambda p, c: scorer.score(p, c)[0].tolist())
+    for spec in cfg.reward_functions:
+        module, name = ("rlhfkit.synthetic.gold", "gold_reward_fn") if spec == "gold" else spec.split(":")
+        sources.append(getattr(importlib.import_module(module), name))
+    weights = cfg.reward_weights or [1.0] * len(sources)
+
+    def combined(prompts: list[str], completions: list[str]) -> list[float]:
+        total = [0.0] * len(completions)
+        for w, fn in zip(weights, sources):
+            total = [t + w * float(s) for t, s in zip(total, fn(prompts, completions))]
+        return total
+
+    return combined
+
+
+def distinct_2(responses: list[list[int]]) -> float:
+    grams = [tuple(r[i:i + 2]) for r in responses for i in range(len(r) - 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def train(cfg: PPOConfig) -> Path:
+    acc, run_dir = start_run(cfg)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    rows, eval_rows, data_report = load_split(cfg, "prompt", render_chat=chat_renderer(tok))
+    prompts = [r["prompt"] for r in rows]
+    eval_prompts = [r["prompt"] for r in eval_rows][:cfg.eval_prompts]
+    if not prompts:
+        raise DataError("no prompts to train on", source=cfg.data)
+    k, ppo = cfg.samples_per_prompt, cfg.estimator == "ppo"
+    world, rank = acc.num_processes, acc.process_index
+
+    policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
+    ref = None
+    if cfg.lora_r:
+        policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            target_modules=cfg.lora_target_modules)
+    else:  # item 4: a frozen copy, eval mode, no grad, dropout off
+        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
+        ref.eval().requires_grad_(False).to(acc.device)
+    reward_fn = reward_function(cfg, acc.device)
+    gold_fn = None
+    if cfg.gold_reward:
+        from rlhfkit.synthetic.gold import gold_reward_fn as gold_fn
+
+    global_batch = cfg.per_device_batch_size * world
+    n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
+    episodes = cfg.per_device_batch_size * k
+    n_mb = math.ceil(episodes / cfg.mini_batch_size)
+    optimizer = make_optimizer(policy, cfg)
+    scheduler = make_scheduler(optimizer, cfg, n_steps * cfg.ppo_epochs * n_mb)
+    policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+    critic = v_opt = v_sched = None
+    if ppo:
+        vcfg = cfg.model_copy(update={"learning_rate": cfg.value_learning_rate or cfg.learning_rate})
+        critic = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model or cfg.model, tok, dtype=cfg.dtype))
+        v_opt = make_optimizer(critic, vcfg)
+        v_sched = make_scheduler(v_opt, vcfg, n_steps * cfg.ppo_epochs * n_mb)
+        critic, v_opt, v_sched = acc.prepare(critic, v_opt, v_sched)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
+              else FixedKLController(cfg.kl_coef))
+
+    if world > 1:  # decorrelate the processes' sampling (restored per process on resume)
+        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (rank + 1))
+    run = RunState(cfg, acc, run_dir)
+    start, best = run.start, {"value": None, "step": None}
+    if start:
+        state = json.loads((run.ckpts.latest() / "state.json").read_text())
+        kl_ctl.load_state_dict(state["kl_ctl"])
+        best = state["best"]
+    net = acc.unwrap_model(policy)
+
+    @torch.no_grad()
+    def ref_logprobs(ro) -> torch.Tensor:
+        args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
+        if ref is not None:
+            return forward_logprobs(ref, *args, temperature=cfg.temperature)
+        net.eval()
+        with net.disable_adapter():  # LoRA: the reference is the adapter-off policy
+            lp = forward_logprobs(net, *args, temperature=cfg.temperature)
+        net.train()
+        return lp
+
+    def sample(prompt_list: list[str], num: int):
+        ro = generate_rollout(net, tok, prompt_list, num_samples=num, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+        for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
+            setattr(ro, f, getattr(ro, f).to(acc.device))
+        return ro
+
+    def evaluate() -> dict[str, float]:
+        mine = eval_prompts[rank::world]
+        if not mine:
+            return {}
+        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 1000 + rank)  # the same samples at every evaluation point
+            ro = sample(mine, cfg.eval_num_samples)
+        out = {"eval_proxy": _mean(acc, reward_fn(ro.prompts, ro.texts)),
+               "eval_seq_kl": _mean(acc, (kl_k1(ro.logprobs, ref_logprobs(ro)) * ro.token_mask).sum(-1).tolist())}
+        if gold_fn:
+            out["eval_gold"] = _mean(acc, gold_fn(ro.prompts, ro.texts))
+        return out
+
+    initial_eval = run.initial_eval(evaluate)
+    last_eval, alarm, t0, eps_seen = initial_eval, None, time.time(), 0
+    bar = progress(n_steps, start, acc, cfg.estimator)
+    policy.train()
+    for step in range(start, n_steps):
+        idx = batch_indices(step, n_examples=len(prompts), global_batch=global_batch, seed=cfg.seed)
+        ro = sample([prompts[i] for i in idx[rank * cfg.per_device_batch_size:(rank + 1) * cfg.per_device_batch_size]], k)
+        mask = ro.token_mask.float()  # (B, T-1)
+        proxy, score = score_rollout(ro, reward_fn, no_eos_penalty=cfg.no_eos_penalty,
+                                     penalty_mode=cfg.no_eos_penalty_mode)
+        score = score.to(acc.device)
+        old_lp, ref_lp = ro.logprobs, ref_logprobs(ro)
+        kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1)
+        seq_kl = kl.sum(-1)  # (B,)
+        beta = kl_ctl.value
+        m = {"proxy_reward": _mean(acc, proxy.tolist()), "score": _mean(acc, score.tolist()),
+             "seq_kl": _mean(acc, seq_kl.tolist()), "kl_coef": beta,
+             "response_length": _mean(acc, ro.response_lengths.float().tolist()),
+             "eos_rate": _mean(acc, ro.ended_with_eos.float().tolist()),
+             "distinct_2": _mean(acc, [distinct_2(ro.response_ids)])}
+        if gold_fn:
+            m["gold_reward"] = _mean(acc, gold_fn(ro.prompts, ro.texts))
+            m["proxy_gold_gap"] = m["proxy_reward"] - m["gold_reward"]
+        # Item 9: keep the weights that produced the best rollout (before this step's update).
+        watched = m.get("gold_reward", m["proxy_reward"])
+        if cfg.keep_best and (best["value"] is None or watched > best["value"]):
+            best = {"value": watched, "step": step}
+            if acc.is_main_process:  # save_hf merges LoRA in place: merge a copy, keep training the adapter
+                save_hf(copy.deepcopy(net) if cfg.lora_r else net, tok, run_dir / "best")
+
+        with torch.no_grad():
+            if ppo:
+                values = critic(ro.input_ids, ro.attention_mask, ro.position_ids) * mask  # (B, T-1)
+                rewards = per_token_rewards(score, kl, mask, beta)
+                adv, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+                if cfg.whiten_advantages:
+                    adv = whiten(adv, mask)
+            else:
+                seq_r = score - beta * seq_kl if cfg.kl_in == "reward" else score
+                a = rloo_advantages(seq_r, k) if cfg.estimator == "rloo" else grpo_advantages(seq_r, k)
+                adv = a.unsqueeze(1) * mask
+
+        sums: dict[str, float] = {}
+        n_updates, first = 0, {}
+        for epoch in range(cfg.ppo_epochs):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + epoch)
+            for mb_i, mb in enumerate(torch.randperm(len(score), generator=g).split(cfg.mini_batch_size)):
+                mb = mb.to(acc.device)
+                ids, mb_mask = ro.input_ids[mb], mask[mb]
+                logits = policy(input_ids=ids, attention_mask=ro.attention_mask[mb],
+                                position_ids=ro.position_ids[mb]).logits
+                lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
+                loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange)
+                if cfg.kl_in == "loss":
+                    kl_loss = masked_mean(kl_k3(lp, ref_lp[mb]), mb_mask)
+                    loss = loss + beta * kl_loss
+                    pm["kl_loss"] = kl_loss.item()
+                with torch.no_grad():
+                    pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
+                pm["pg_loss"] = loss.item()
+                acc.backward(loss)
+                if clip_and_step(acc, policy, optimizer, scheduler, cfg.max_grad_norm) is None:
+                    run.nonfinite(step + 1, pm["pg_loss"])
+                if ppo:
+                    v = critic(ids, ro.attention_mask[mb], ro.position_ids[mb])
+                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value)
+                    acc.backward(v_loss)
+                    if clip_and_step(acc, critic, v_opt, v_sched, cfg.max_grad_norm) is None:
+                        run.nonfinite(step + 1, v_loss.item())
+                    pm.update(vm, vf_loss=v_loss.item())
+                if epoch == 0 and mb_i == 0:  # item 12: must be ratio 1, approx_kl 0, clipfrac 0
+                    first = {f"first_{key}": pm[key] for key in ("ratio", "approx_kl", "clipfrac")}
+                for key, val in pm.items():
+                    sums[key] = sums.get(key, 0.0) + val
+                n_updates += 1
+        m.update({key: _mean(acc, [v / n_updates]) for key, v in sums.items()})
+        m.update({key: _mean(acc, [v]) for key, v in first.items()}, lr=scheduler.get_last_lr()[0])
+        kl_ctl.update(m["seq_kl"], len(score) * world)
+        eps_seen += len(score) * world
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(kl=f"{m['seq_kl']:.3f}", r=f"{m['proxy_reward']:.3f}", refresh=False)
+        if cfg.max_kl is not None and m["seq_kl"] > cfg.max_kl:
+            alarm = {"step": done, "seq_kl": m["seq_kl"], "max_kl": cfg.max_kl, "action": cfg.kl_alarm}
+            log.warning("step %d: sequence KL %.4f above max_kl %.4f (%s)", done, m["seq_kl"], cfg.max_kl,
+                        cfg.kl_alarm)
+            m["alarm_kl"] = 1
+        state = {"kl_ctl": kl_ctl.state_dict(), "best": best}
+        if alarm and cfg.kl_alarm == "stop":
+            last_eval = run.log_step(done, done, m, evaluate) or last_eval  # always logged (and evaluated)
+            run.ckpts.save(done, state)
+            break
+        last_eval = run.log_step(done, n_steps, m, evaluate) or last_eval
+        if run.after_step(done, n_steps, state):
+            bar.close()
+            acc.end_training()
+            return run_dir / "checkpoints" / "latest"
+    bar.close()
+
+    acc.wait_for_everyone()
+    stopped = bool(alarm and cfg.kl_alarm == "stop")
+    if not stopped:
+        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best})
+    final = run_dir / "final"
+    summary = {
+        "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,
+        "steps_done": done if n_steps > start else start, "processes": world, "prompts": len(prompts),
+        "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
+        "critic": (cfg.value_model or cfg.reward_model or cfg.model) if ppo else None,
+        "final_kl_coef": kl_ctl.value, "alarm": alarm, "stopped_by_alarm": stopped,
+        "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
+                 "metric": "gold_reward" if gold_fn else "proxy_reward"},
+        **{f"initial_{key}": v for key, v in initial_eval.items()},
+        **{f"final_{key}": v for key, v in last_eval.items()},
+        "episodes_per_second": eps_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
+    }
+    if acc.is_main_process:
+        save_hf(net, tok, final)
+        write_json(run_dir / "summary.json", summary)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return final
+
+
+def _mean(acc, values: list[float]) -> float:
+    """Mean over this process's values, averaged over processes (equal counts per process)."""
+    t = torch.tensor(sum(values) / max(len(values), 1), dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        t = acc.reduce(t, reduction="mean")
+    return float(t.item())

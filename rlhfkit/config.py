@@ -471,6 +471,13 @@ class PPOConfig(TrainConfig):
     kl_alarm: Literal["warn", "stop"] = "stop"
     """What the `max_kl` alarm does: log a warning, or stop the run (checkpoint and best/ kept)."""
 
+    gap_alarm_steps: int = Field(0, ge=0)
+    """Alarm when the proxy - gold reward gap widens this many steps in a row (reward hacking;
+    needs `gold_reward`); 0 disables."""
+
+    gap_alarm: Literal["warn", "stop"] = "warn"
+    """What the gap alarm does: log a warning, or stop the run (checkpoint and best/ kept)."""
+
     keep_best: bool = True
     """Save the policy of the best rollout (gold reward if `gold_reward`, else proxy) to best/."""
 

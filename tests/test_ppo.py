@@ -194,3 +194,26 @@ def test_two_processes_run_and_resume_exactly(world, sft_model, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [r for r in read_metrics(tmp_path / "part") if "first_ratio" in r]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(abs(r["first_ratio"] - 1) < 1e-5 for r in rows)
+
+
+def length_reward(prompts, completions):
+    """A hackable proxy: longer is better. Gold penalises long, unterminated text."""
+    return [float(len(c.split())) / 10 for c in completions]
+
+
+def test_gap_alarm_rule_by_hand():
+    from rlhfkit.train.ppo import gap_widening
+
+    assert gap_widening([0.1, 0.2, 0.3], 2) and not gap_widening([0.1, 0.3, 0.2], 2)
+    assert not gap_widening([0.1, 0.2], 2) and not gap_widening([0.1, 0.2, 0.3], 0)
+
+
+def test_gap_alarm_stops_a_hacked_run(world, sft_model, tmp_path):
+    train(cfg_for(world, sft_model, tmp_path, reward_functions=["test_ppo:length_reward"], max_steps=8,
+                  per_device_batch_size=8, eval_prompts=0, gold_reward=True, gap_alarm_steps=2, gap_alarm="stop",
+                  kl_coef=0.0))
+    s = summary(tmp_path)
+    rows = [r for r in read_metrics(tmp_path) if "proxy_gold_gap" in r]
+    assert s["stopped_by_alarm"] and s["alarm"]["widening_steps"] == 2, s.get("alarm")
+    gaps = [r["proxy_gold_gap"] for r in rows]
+    assert gaps[-1] > gaps[-2] > gaps[-3] and rows[-1].get("alarm_gap") == 1

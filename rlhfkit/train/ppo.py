@@ -41,10 +41,11 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
    with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
-9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm). With
+9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm), and so
+   does ``gap_alarm_steps`` when the proxy - gold gap widens that many steps in a row. With
    ``keep_best`` the policy whose rollout had the best mean gold (else proxy) reward is saved to
    ``best/`` (the weights that produced that rollout, i.e. before that step's update; with
-   LoRA a merged copy). Deviation: no "gap widening for N evals" alarm yet.
+   LoRA a merged copy).
 10. Checkpoints hold policy, critic, both optimizers and schedules and RNG (accelerate), plus
     the KL controller and the best-point record (state.json); the data order and minibatch
     permutations are functions of (seed, step), so ``resume`` continues exactly (each process
@@ -145,6 +146,11 @@ def distinct_2(responses: list[list[int]]) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
+def gap_widening(gaps: list[float], n: int) -> bool:
+    """True when the last ``n`` steps each widened the proxy - gold gap (n = 0: never)."""
+    return bool(n) and len(gaps) > n and all(gaps[-i] > gaps[-i - 1] for i in range(1, n + 1))
+
+
 def train(cfg: PPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -189,11 +195,12 @@ def train(cfg: PPOConfig) -> Path:
     if world > 1:  # decorrelate the processes' sampling (restored per process on resume)
         torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (rank + 1))
     run = RunState(cfg, acc, run_dir)
-    start, best = run.start, {"value": None, "step": None}
+    start, best, gaps = run.start, {"value": None, "step": None}, []
     if start:
         state = json.loads((run.ckpts.latest() / "state.json").read_text())
         kl_ctl.load_state_dict(state["kl_ctl"])
         best = state["best"]
+        gaps = state.get("gaps", [])
     net = acc.unwrap_model(policy)
 
     @torch.no_grad()
@@ -250,6 +257,7 @@ def train(cfg: PPOConfig) -> Path:
         if gold_fn:
             m["gold_reward"] = _mean(acc, gold_fn(ro.prompts, ro.texts))
             m["proxy_gold_gap"] = m["proxy_reward"] - m["gold_reward"]
+            gaps.append(m["proxy_gold_gap"])
         # Item 9: keep the weights that produced the best rollout (before this step's update).
         watched = m.get("gold_reward", m["proxy_reward"])
         if cfg.keep_best and (best["value"] is None or watched > best["value"]):
@@ -314,8 +322,16 @@ def train(cfg: PPOConfig) -> Path:
             log.warning("step %d: sequence KL %.4f above max_kl %.4f (%s)", done, m["seq_kl"], cfg.max_kl,
                         cfg.kl_alarm)
             m["alarm_kl"] = 1
-        state = {"kl_ctl": kl_ctl.state_dict(), "best": best}
-        if alarm and cfg.kl_alarm == "stop":
+        n = cfg.gap_alarm_steps
+        if gap_widening(gaps, n):
+            # Over-optimisation signature (Gao et al. 2022): the proxy pulls away from the gold
+            # reward step after step. Needs a gold function (synthetic world).
+            alarm = {"step": done, "proxy_gold_gap": gaps[-1], "widening_steps": n, "action": cfg.gap_alarm}
+            log.warning("step %d: proxy-gold gap widened %d steps in a row (now %.4f) (%s)", done, n, gaps[-1],
+                        cfg.gap_alarm)
+            m["alarm_gap"] = 1
+        state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps}
+        if alarm and alarm["action"] == "stop":
             last_eval = run.log_step(done, done, m, evaluate) or last_eval  # always logged (and evaluated)
             run.ckpts.save(done, state)
             break
@@ -327,9 +343,9 @@ def train(cfg: PPOConfig) -> Path:
     bar.close()
 
     acc.wait_for_everyone()
-    stopped = bool(alarm and cfg.kl_alarm == "stop")
+    stopped = bool(alarm and alarm["action"] == "stop")
     if not stopped:
-        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best})
+        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps})
     final = run_dir / "final"
     summary = {
         "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,

@@ -326,3 +326,18 @@ def test_rollout_applies_temperature(base, prompts):
     plain = token_logprobs(logits, r.input_ids) * mask
     assert torch.allclose(r.logprobs, scaled, atol=1e-6)
     assert (r.logprobs - plain).abs().max().item() > 1e-2
+
+
+def test_whitening_across_processes_equals_one_big_batch():
+    from rlhfkit.rl.advantages import whiten
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5)
+    mask = (torch.rand(6, 5) > 0.3).long()
+    whole = whiten(x, mask)
+    x1, x2, m1, m2 = x[:3], x[3:], mask[:3], mask[3:]
+    stats = lambda xs, ms: torch.stack([ms.float().sum(), (xs * ms).sum(), (xs * xs * ms).sum()])  # noqa: E731
+    # a fake all-reduce: each "process" adds the other's sums to its own
+    w1 = whiten(x1, m1, sum_across=lambda t: t + stats(x2, m2))
+    w2 = whiten(x2, m2, sum_across=lambda t: t + stats(x1, m1))
+    torch.testing.assert_close(torch.cat([w1, w2]), whole, rtol=1e-5, atol=1e-5)

@@ -80,13 +80,24 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           sum_across=None) -> torch.Tensor:
     """``(x - mean) / sqrt(var + eps)`` with mean and (unbiased) variance over valid tokens only,
     so padding neither shifts nor scales the result. ``shift_mean=False`` adds the mean back
-    (only rescales; used for rewards in some recipes). Returns x's shape, 0 off the mask."""
+    (only rescales; used for rewards in some recipes). Returns x's shape, 0 off the mask.
+
+    ``sum_across``: a function summing a tensor over processes (e.g. ``accelerator.reduce(t,
+    "sum")``); then the statistics are those of the valid tokens of *all* processes, so N
+    processes whiten exactly like one process holding the whole batch.
+    """
     x = x.float()
     m = mask.to(x.dtype)
-    mean, var = masked_mean(x, m), masked_var(x, m)
+    if sum_across is None:
+        mean, var = masked_mean(x, m), masked_var(x, m)
+    else:
+        n, s1, s2 = sum_across(torch.stack([m.sum(), (x * m).sum(), (x * x * m).sum()]))  # one all-reduce
+        mean = s1 / n.clamp(min=1)
+        var = (s2 / n.clamp(min=1) - mean * mean).clamp(min=0) * n / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

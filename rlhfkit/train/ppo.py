@@ -28,9 +28,9 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    to them, so initial values are on the reward's scale (item 5). With LoRA the critic is
    still a full network. Deviation: no value-head-on-policy option yet.
 6. GAE with gamma 1, lambda 0.95; returns = A + V before whitening; advantages whitened over
-   valid tokens only (item 14). Whitening is per process (not all-reduced) with several
-   processes. RLOO / GRPO: the sequence advantage of ``rloo_advantages`` / ``grpo_advantages``
-   (k samples per prompt, contiguous) is broadcast to every response token (item 21).
+   valid tokens only (item 14), with statistics summed over all processes (one all-reduce).
+   RLOO / GRPO: the sequence advantage of ``rloo_advantages`` / ``grpo_advantages`` (k samples
+   per prompt, contiguous) is broadcast to every response token (item 21).
 7. PPO epochs: ``ppo_epochs`` passes, each a fresh permutation (seeded by seed, step, epoch)
    split into minibatches of ``mini_batch_size`` episodes, one optimizer step per minibatch for
    the policy (clipped surrogate, clip 0.2) and for the critic (clipped value loss, clip 0.2,
@@ -161,6 +161,7 @@ def train(cfg: PPOConfig) -> Path:
         raise DataError("no prompts to train on", source=cfg.data)
     k, ppo = cfg.samples_per_prompt, cfg.estimator == "ppo"
     world, rank = acc.num_processes, acc.process_index
+    global_sum = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None  # noqa: E731
 
     policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
     ref = None
@@ -271,7 +272,7 @@ def train(cfg: PPOConfig) -> Path:
                 rewards = per_token_rewards(score, kl, mask, beta)
                 adv, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
                 if cfg.whiten_advantages:
-                    adv = whiten(adv, mask)
+                    adv = whiten(adv, mask, sum_across=global_sum)
             else:
                 seq_r = score - beta * seq_kl if cfg.kl_in == "reward" else score
                 a = rloo_advantages(seq_r, k) if cfg.estimator == "rloo" else grpo_advantages(seq_r, k)

@@ -462,6 +462,14 @@ class PPOConfig(TrainConfig):
     value_learning_rate: float | None = Field(None, gt=0.0)
     """Learning rate of the value model; default `learning_rate`."""
 
+    critic: Literal["separate", "policy_head"] = "separate"
+    """PPO critic: 'separate' (its own network, see `value_model`) or 'policy_head' (a linear
+    d_model -> 1 head on the policy's last hidden states, trained with the policy loss plus
+    `vf_coef` * value loss by the policy's optimizer; not saved in the final policy directory)."""
+
+    vf_coef: float = Field(0.1, ge=0.0)
+    """Weight of the value loss in the policy loss with `critic: policy_head`."""
+
     gold_reward: bool = False
     """Also score every rollout with the synthetic gold reward and log gold and proxy - gold gap."""
 

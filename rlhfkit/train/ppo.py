@@ -26,7 +26,11 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    the trunk's last hidden states), aligned with the log-probs: the value of position t
    predicts the return from token t+1 on; the reward model's stored offset / scale are applied
    to them, so initial values are on the reward's scale (item 5). With LoRA the critic is
-   still a full network. Deviation: no value-head-on-policy option yet.
+   still a full network. With ``critic: policy_head`` the critic is instead a linear head
+   (d_model -> 1, std 1/sqrt(d+1), bias 0) on the policy's last hidden states: one forward
+   gives logits and values, the loss is the policy loss + ``vf_coef`` * value loss, one
+   optimizer (the policy's) trains both; the head is in the run's checkpoints (resume is
+   exact) but not in the final / best policy directories.
 6. GAE with gamma 1, lambda 0.95; returns = A + V before whitening; advantages whitened over
    valid tokens only (item 14), with statistics summed over all processes (one all-reduce).
    RLOO / GRPO: the sequence advantage of ``rloo_advantages`` / ``grpo_advantages`` (k samples
@@ -119,6 +123,25 @@ class ValueModel(nn.Module):
         return v[:, :-1]  # (B, T-1), aligned with token log-probs
 
 
+class PolicyWithValueHead(nn.Module):
+    """The policy plus a scalar value head on its last hidden states (``critic: policy_head``)."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+        d = policy.config.hidden_size
+        self.v_head = nn.Linear(d, 1)
+        nn.init.normal_(self.v_head.weight, std=1 / math.sqrt(d + 1))
+        nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=True)
+        h = out.hidden_states[-1]
+        v = self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()
+        return out.logits, v[:, :-1]  # values aligned with token log-probs
+
+
 def reward_function(cfg: PPOConfig, device):
     """The weighted sum of all reward sources as one ``(prompts, completions) -> list`` function."""
     sources = []
@@ -180,11 +203,14 @@ def train(cfg: PPOConfig) -> Path:
     n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
     episodes = cfg.per_device_batch_size * k
     n_mb = math.ceil(episodes / cfg.mini_batch_size)
+    head = ppo and cfg.critic == "policy_head"
+    if head:
+        policy = PolicyWithValueHead(policy)
     optimizer = make_optimizer(policy, cfg)
     scheduler = make_scheduler(optimizer, cfg, n_steps * cfg.ppo_epochs * n_mb)
     policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
     critic = v_opt = v_sched = None
-    if ppo:
+    if ppo and not head:
         vcfg = cfg.model_copy(update={"learning_rate": cfg.value_learning_rate or cfg.learning_rate})
         critic = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model or cfg.model, tok, dtype=cfg.dtype))
         v_opt = make_optimizer(critic, vcfg)
@@ -203,6 +229,8 @@ def train(cfg: PPOConfig) -> Path:
         best = state["best"]
         gaps = state.get("gaps", [])
     net = acc.unwrap_model(policy)
+    if head:
+        net = net.policy  # the causal LM alone: sampling, reference (LoRA), saving
 
     @torch.no_grad()
     def ref_logprobs(ro) -> torch.Tensor:
@@ -268,7 +296,10 @@ def train(cfg: PPOConfig) -> Path:
 
         with torch.no_grad():
             if ppo:
-                values = critic(ro.input_ids, ro.attention_mask, ro.position_ids) * mask  # (B, T-1)
+                if head:
+                    values = policy(ro.input_ids, ro.attention_mask, ro.position_ids)[1] * mask
+                else:
+                    values = critic(ro.input_ids, ro.attention_mask, ro.position_ids) * mask  # (B, T-1)
                 rewards = per_token_rewards(score, kl, mask, beta)
                 adv, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
                 if cfg.whiten_advantages:
@@ -285,8 +316,11 @@ def train(cfg: PPOConfig) -> Path:
             for mb_i, mb in enumerate(torch.randperm(len(score), generator=g).split(cfg.mini_batch_size)):
                 mb = mb.to(acc.device)
                 ids, mb_mask = ro.input_ids[mb], mask[mb]
-                logits = policy(input_ids=ids, attention_mask=ro.attention_mask[mb],
-                                position_ids=ro.position_ids[mb]).logits
+                if head:
+                    logits, v = policy(ids, ro.attention_mask[mb], ro.position_ids[mb])
+                else:
+                    logits = policy(input_ids=ids, attention_mask=ro.attention_mask[mb],
+                                    position_ids=ro.position_ids[mb]).logits
                 lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
                 loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange)
                 if cfg.kl_in == "loss":
@@ -296,10 +330,14 @@ def train(cfg: PPOConfig) -> Path:
                 with torch.no_grad():
                     pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
                 pm["pg_loss"] = loss.item()
+                if head:
+                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value)
+                    loss = loss + cfg.vf_coef * v_loss
+                    pm.update(vm, vf_loss=v_loss.item())
                 acc.backward(loss)
                 if clip_and_step(acc, policy, optimizer, scheduler, cfg.max_grad_norm) is None:
                     run.nonfinite(step + 1, pm["pg_loss"])
-                if ppo:
+                if ppo and not head:
                     v = critic(ids, ro.attention_mask[mb], ro.position_ids[mb])
                     v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value)
                     acc.backward(v_loss)
@@ -352,7 +390,7 @@ def train(cfg: PPOConfig) -> Path:
         "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,
         "steps_done": done if n_steps > start else start, "processes": world, "prompts": len(prompts),
         "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
-        "critic": (cfg.value_model or cfg.reward_model or cfg.model) if ppo else None,
+        "critic": ("policy_head" if head else (cfg.value_model or cfg.reward_model or cfg.model)) if ppo else None,
         "final_kl_coef": kl_ctl.value, "alarm": alarm, "stopped_by_alarm": stopped,
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},

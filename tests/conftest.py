@@ -43,6 +43,19 @@ def world() -> Path:
         return build(quick_world_config(out))
 
 
+@pytest.fixture(scope="session")
+def sft_model(world, tmp_path_factory) -> Path:
+    """The SFT policy that DPO and RL tests start from (and their reference): the demo's quick
+    SFT without evaluation, about 5 s, built once per test process."""
+    from rlhfkit.demo import sft_config
+    from rlhfkit.train.sft import train as sft_train
+
+    out = tmp_path_factory.mktemp("sft")
+    cfg = sft_config(world, out, quick=True)
+    cfg.eval_data, cfg.eval_fraction, cfg.save_every = None, 0.0, 0
+    return sft_train(cfg)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600,
             module: bool = False) -> subprocess.CompletedProcess:
     """Run the CLI as a user types it: the `rlhf` console script (or `python -m rlhfkit`)."""

@@ -35,18 +35,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def sft_model(world, tmp_path_factory) -> Path:
-    """The SFT policy DPO starts from (and its reference): the demo's quick SFT, about 5 s."""
-    from rlhfkit.demo import sft_config
-    from rlhfkit.train.sft import train as sft_train
-
-    out = tmp_path_factory.mktemp("sft")
-    cfg = sft_config(world, out, quick=True)
-    cfg.eval_data, cfg.eval_fraction, cfg.save_every = None, 0.0, 0
-    return sft_train(cfg)
-
-
-@pytest.fixture(scope="module")
 def prefs(world, sft_model, tmp_path_factory) -> dict[str, Path]:
     """Preference pairs on SFT samples: 4 samples per prompt, 3 pairs each, labelled by a
     simulated labeler (Bradley-Terry on the gold reward, temperature 0.1)."""

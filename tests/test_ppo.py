@@ -29,18 +29,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def sft_model(world, tmp_path_factory) -> Path:
-    """The SFT policy RL starts from (and its reference): the demo's quick SFT, about 5 s."""
-    from rlhfkit.demo import sft_config
-    from rlhfkit.train.sft import train as sft_train
-
-    out = tmp_path_factory.mktemp("sft")
-    cfg = sft_config(world, out, quick=True)
-    cfg.eval_data, cfg.eval_fraction, cfg.save_every = None, 0.0, 0
-    return sft_train(cfg)
-
-
 def cfg_for(world: Path, sft_model: Path, out: Path, **kw) -> PPOConfig:
     base = {"model": str(sft_model), "data": str(world / "prompts.jsonl"),
             "eval_data": str(world / "prompts_eval.jsonl"), "output_dir": str(out), "reward_functions": ["gold"],

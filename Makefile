@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install browser demo test
 
 install: $(STAMP)
 
@@ -19,5 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(VENV)/bin/rlhf demo
 
-test: install
+# The web UI's browser tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install browser
 	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -129,24 +129,37 @@ def test_kl_alarm_stops_the_run(world, sft_model, tmp_path):
     assert read_metrics(tmp_path)[-1].get("alarm_kl") == 1
 
 
-def test_ppo_with_a_learned_reward_model_raises_gold(world, sft_model, tmp_path_factory):
-    """The real setting: the reward is a reward model trained on simulated preferences (stored
-    offset applied), the critic is initialised from it; gold is only monitored."""
+@pytest.fixture(scope="module")
+def learned_rm(world, sft_model, tmp_path_factory) -> Path:
+    """A reward model trained on simulated preferences over the SFT policy's samples (6 per prompt,
+    6 labelled pairs per prompt, near-noiseless labeler): the proxy the RL tests optimise."""
     from rlhfkit.config import RewardConfig
     from rlhfkit.synthetic.preferences import preference_splits
     from rlhfkit.train.reward import train as rm_train
 
     root = tmp_path_factory.mktemp("rm")
-    prefs = preference_splits(sft_model, world, root / "prefs", seed=1)
-    rm = rm_train(RewardConfig(model=str(sft_model), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
-                               output_dir=str(root / "rm"), learning_rate=1e-3, per_device_batch_size=16,
-                               num_epochs=2, max_length=96, log_every=10, warmup_ratio=0.05, seed=0))
-    out = root / "ppo"
-    train(cfg_for(world, sft_model, out, reward_functions=[], reward_model=str(rm), max_steps=10))
+    prefs = preference_splits(sft_model, world, root / "prefs", samples_per_prompt=6, pairs_per_prompt=6, seed=1)
+    return rm_train(RewardConfig(model=str(sft_model), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
+                                 output_dir=str(root / "rm"), learning_rate=1e-3, per_device_batch_size=16,
+                                 num_epochs=2, max_length=96, log_every=10, warmup_ratio=0.05, seed=0))
+
+
+@pytest.mark.parametrize("estimator,extra,min_gain", [
+    ("ppo", {}, 0.2),  # measured gold -0.16 -> 0.39, proxy -0.17 -> 0.95, KL 2.7 (seed 0)
+    ("rloo", {"per_device_batch_size": 8, "max_steps": 12}, 0.15),  # measured -0.16 -> 0.26, KL 4.3
+    ("grpo", {"per_device_batch_size": 8, "max_steps": 12, "kl_in": "loss"}, 0.15),  # measured -0.16 -> 0.34
+])
+def test_rl_with_a_learned_reward_model_raises_gold(world, sft_model, learned_rm, tmp_path, estimator, extra,
+                                                    min_gain):
+    """The real setting: the reward is a reward model trained on simulated preferences (stored
+    offset applied; for PPO the critic is initialised from it); gold is only monitored."""
+    out = tmp_path / estimator
+    train(cfg_for(world, sft_model, out, reward_functions=[], reward_model=str(learned_rm), estimator=estimator,
+                  **{"max_steps": 10, **extra}))
     s = summary(out)
-    assert s["critic"] == str(rm)
-    assert s["final_eval_proxy"] - s["initial_eval_proxy"] > 0.5, s  # measured 1.53
-    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.2, s  # measured 0.69 (seed 0; 0.08-0.69 over seeds 0-2)
+    assert s["critic"] == (str(learned_rm) if estimator == "ppo" else None)
+    assert s["final_eval_proxy"] - s["initial_eval_proxy"] > 0.3, s
+    assert s["final_eval_gold"] - s["initial_eval_gold"] > min_gain, s
     assert s["final_eval_seq_kl"] < 15.0, s
     first = read_metrics(out)[1]
     assert abs(first["first_ratio"] - 1.0) < 1e-5 and first["first_clipfrac"] == 0.0

@@ -192,7 +192,7 @@ def train(cfg: PPOConfig) -> Path:
         policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                             target_modules=cfg.lora_target_modules)
     else:  # item 4: a frozen copy, eval mode, no grad, dropout off
-        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
+        ref = load_causal_lm(cfg.ref_model or cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
         ref.eval().requires_grad_(False).to(acc.device)
     reward_fn = reward_function(cfg, acc.device)
     gold_fn = None

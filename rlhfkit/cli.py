@@ -36,12 +36,31 @@ STAGES: dict[str, Stage] = {
     "score": Stage("ScoreConfig", "rlhfkit.scoring:score_file", "score prompt/response rows with a reward model"),
     "gold-score": Stage("GoldScoreConfig", "rlhfkit.synthetic.world:gold_score_file",
                         "score completions with the synthetic world's gold reward"),
+    "evaluate": Stage("EvaluateConfig", "rlhfkit.evaluate.policies:evaluate",
+                      "compare policies (reward, gold win rate vs SFT, KL, length, diversity) and write report.md"),
+    "collect": Stage("CollectConfig", "rlhfkit.feedback.collect:collect",
+                     "sample (or import) responses and create comparison tasks in a feedback project"),
+}
+
+# `rlhf label <sub>`: the human-feedback commands; each entry is one subcommand.
+LABEL_STAGES: dict[str, Stage] = {
+    "simulate": Stage("LabelSimulateConfig", "rlhfkit.feedback.simulate:simulate_labels",
+                      "simulated annotators answer a project's queue through the store"),
+    "export": Stage("LabelExportConfig", "rlhfkit.feedback.export:export",
+                    "export judgements as a preference dataset (prompt/chosen/rejected) for reward and dpo"),
+    "serve": Stage("LabelServeConfig", "rlhfkit.feedback.app:serve",
+                   "serve the annotator web UI, JSON API and admin pages (agreement, leaderboard, export)"),
 }
 
 
 def _resolve(target: str):
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _describe(config_class: str) -> str:
+    from rlhfkit import config as config_mod
+    return config_mod.describe_fields(getattr(config_mod, config_class))
 
 
 def _stage_parser(sub, name: str, stage: Stage):
@@ -66,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="stages", metavar="<stage>")
     for name, stage in STAGES.items():
         _stage_parser(sub, name, stage)
+    label = sub.add_parser("label", help="human feedback: " + ", ".join(LABEL_STAGES))
+    label_sub = label.add_subparsers(title="label commands", metavar="<command>")
+    for name, stage in LABEL_STAGES.items():
+        _stage_parser(label_sub, name, stage).set_defaults(_stage=f"label {name}")
+    run = sub.add_parser("run", help="run (or continue) a whole pipeline from one YAML file: sft -> collect -> "
+                         "label -> reward -> RL / DPO, in rounds, then evaluate and write report.md",
+                         description="keys of the pipeline file:\n" + _describe("PipelineConfig"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("pipeline", help="pipeline YAML (see examples/)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="override a key (YAML-typed value)")
+    run.set_defaults(_stage="run")
     demo = sub.add_parser("demo", help="build the synthetic world and run the pipeline on it "
                           "(currently: SFT of the tiny base model), then print the results")
     demo.add_argument("--quick", action="store_true", help="a much smaller run, for tests")
@@ -90,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(output=args.output, quick=args.quick)
             return 0
         from rlhfkit import config as config_mod
-        stage = STAGES[args._stage]
+        if args._stage == "run":
+            from rlhfkit.pipeline import run_pipeline
+            cfg = config_mod.load_config(config_mod.PipelineConfig, args.pipeline, args.overrides)
+            print(run_pipeline(cfg))
+            return 0
+        stage = STAGES.get(args._stage) or LABEL_STAGES[args._stage.removeprefix("label ")]
         cfg = config_mod.load_config(getattr(config_mod, stage.config), args.config, args.overrides)
         result = _resolve(stage.target)(cfg)
         if result is not None and os.environ.get("RANK", "0") == "0":  # once, not once per process

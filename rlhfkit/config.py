@@ -137,7 +137,15 @@ class TrainConfig(BaseConfig):
     """Write a resumable checkpoint every N optimizer steps (0: none until the end)."""
 
     keep_checkpoints: int = Field(2, gt=0)
-    """How many recent checkpoints to keep on disk."""
+    """How many recent checkpoints to keep on disk (the best one, see `keep_best_metric`, is kept too)."""
+
+    keep_best_metric: str | None = Field(None, min_length=1)
+    """A metrics.jsonl key (e.g. eval_loss, eval_accuracy, eval_gold): the checkpoint of the step
+    with its best value is never pruned (a step that sets a new best is checkpointed even between
+    `save_every` saves); recorded in checkpoints/best.json."""
+
+    keep_best_mode: Literal["max", "min"] = "max"
+    """Whether a larger ('max') or smaller ('min', e.g. a loss) `keep_best_metric` is better."""
 
     resume: bool = False
     """Continue from the latest complete checkpoint in `output_dir` if there is one."""
@@ -495,7 +503,11 @@ class PPOConfig(TrainConfig):
     eval_num_samples: int = Field(1, gt=0)
     """Samples per held-out prompt at each evaluation (more samples, less noisy eval means)."""
 
-    @field_validator("reward_model", "value_model")
+    ref_model: str | None = None
+    """Reference policy of the KL penalty (default: `model`). Iterated RLHF starts a round from the
+    previous round's policy while the KL keeps anchoring to the SFT model."""
+
+    @field_validator("reward_model", "value_model", "ref_model")
     @classmethod
     def _rm_exists(cls, v: str | None, info: Any) -> str | None:
         return None if v is None else check_model_path(v, info.field_name)
@@ -519,6 +531,8 @@ class PPOConfig(TrainConfig):
             raise ValueError(f"estimator '{self.estimator}' needs num_samples >= 2")
         if self.kl_in == "loss" and self.estimator == "ppo":
             raise ValueError("kl_in 'loss' is for rloo / grpo; PPO puts the KL in the reward")
+        if self.ref_model and self.lora_r:
+            raise ValueError("ref_model with LoRA: the reference is the adapter-off policy; drop one of them")
         return self
 
     @property
@@ -588,7 +602,359 @@ class GoldScoreConfig(BaseConfig):
     """Name of the column written."""
 
 
+class CollectConfig(BaseConfig):
+    """Sample (or import) responses and create comparison tasks in a feedback project (`rlhf collect`)."""
+
+    output_dir: str = "runs/collect"
+    """Directory for the resolved config and summary.json of this collection run."""
+
+    store: str
+    """Feedback store: a SQLAlchemy URL or a file path (SQLite); created if missing."""
+
+    project: str
+    """Project to add the tasks to; created if missing."""
+
+    guidelines: str | None = None
+    """Markdown file with the labelling guidelines of a new project (or a new version for an existing one)."""
+
+    annotators_per_task: int = Field(1, gt=0)
+    """How many distinct annotators judge each (non-calibration) task; for a new project."""
+
+    prompts: str | None = None
+    """Prompts to sample responses for (any format rlhfkit.data reads, with a `prompt` column)."""
+
+    prompts_split: str = "train"
+    """Split of `prompts` when it is a hub or saved dataset with several."""
+
+    max_prompts: int | None = Field(None, gt=0)
+    """Use only the first N prompts."""
+
+    responses: str | None = None
+    """JSONL/JSON/CSV/Parquet of responses to import instead of sampling: `prompt`, `response` (or
+    `completion`), optional `model_id` (or `model`) and `sampling` (object)."""
+
+    models: list[str] = []
+    """Hugging Face model directories to sample from (with `prompts`)."""
+
+    model_names: list[str] | None = None
+    """Model ids recorded in the store, one per entry of `models` (default: the paths)."""
+
+    num_samples: int = Field(2, gt=0)
+    """Responses sampled per prompt per model."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature (0 = greedy)."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling threshold."""
+
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling (0 = off)."""
+
+    max_new_tokens: int = Field(48, gt=0)
+    """Longest response sampled, in tokens."""
+
+    batch_size: int = Field(32, gt=0)
+    """Prompts per generation batch."""
+
+    task_size: int = Field(2, ge=2)
+    """Responses compared per task: 2 = pairs, K > 2 = rankings of K."""
+
+    pairs_per_prompt: int = Field(1, gt=0)
+    """Tasks per prompt (distinct response sets; cross-model sets first when there are several models)."""
+
+    calibration: int = Field(0, ge=0)
+    """How many of the tasks are calibration tasks, shown to every annotator first."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CollectConfig":
+        if (self.prompts is None) == (self.responses is None):
+            raise ValueError("give exactly one of `prompts` (with `models`) or `responses`")
+        if self.prompts is not None and not self.models:
+            raise ValueError("`prompts` needs `models` to sample from")
+        if self.responses is not None and self.models:
+            raise ValueError("`models` are for sampling from `prompts`; imported `responses` need none")
+        if self.model_names is not None and len(self.model_names) != len(self.models):
+            raise ValueError(f"model_names has {len(self.model_names)} entries for {len(self.models)} models")
+        if self.guidelines is not None and not os.path.isfile(os.path.expanduser(self.guidelines)):
+            raise ValueError(f"guidelines file '{self.guidelines}' does not exist")
+        return self
+
+    @field_validator("models")
+    @classmethod
+    def _models_exist(cls, v: list[str]) -> list[str]:
+        return [check_model_path(m, "models") for m in v]
+
+
+class LabelSimulateConfig(BaseConfig):
+    """Simulated annotators answer a project's queue through the store (`rlhf label simulate`)."""
+
+    output_dir: str = "runs/label-simulate"
+    """Directory for the resolved config and summary.json."""
+
+    store: str
+    """Feedback store: a SQLAlchemy URL or a file path (SQLite)."""
+
+    project: str
+    """Project whose queue the simulated annotators answer."""
+
+    num_annotators: int = Field(3, gt=0)
+    """Simulated annotators (created as `<name_prefix>-1` ... if missing, reused otherwise)."""
+
+    name_prefix: str = "sim"
+    """Name prefix of the simulated annotators."""
+
+    reward: str = "gold"
+    """The reward they judge by: "gold" (the synthetic world's) or "module:function" taking
+    (prompts, completions) -> scores."""
+
+    temperature: float = Field(0.3, ge=0.0)
+    """Bradley-Terry temperature on reward differences (0 = always the higher reward)."""
+
+    position_bias: float = 0.0
+    """Logit added in favour of the response shown first (left); > 0 = prefers the left one."""
+
+    length_bias: float = 0.0
+    """Logit added per word that the first response is longer than the second."""
+
+    tie_threshold: float = Field(0.0, ge=0.0)
+    """|reward difference| below this is a tie: both good if both rewards exceed the project median, else both bad."""
+
+    strength_bins: list[float] = [0.1, 0.3, 0.6]
+    """Increasing |reward difference| edges between strengths 1|2|3|4."""
+
+    max_rounds: int = Field(100000, gt=0)
+    """Upper bound on queue passes (a guard: the queue normally empties much sooner)."""
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec(cls, v: str) -> str:
+        if v != "gold" and not _REWARD_FN.match(v):
+            raise ValueError(f"reward must be 'gold' or 'module:function', got {v!r}")
+        return v
+
+    @field_validator("strength_bins")
+    @classmethod
+    def _bins(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
+            raise ValueError(f"strength_bins must be 3 increasing non-negative edges, got {v}")
+        return v
+
+
+class LabelExportConfig(BaseConfig):
+    """Export a project's judgements as a preference dataset (`rlhf label export`)."""
+
+    output_dir: str = "runs/label-export"
+    """Unused by export (the data go to `output`); kept for the common config shape."""
+
+    store: str
+    """Feedback store: a SQLAlchemy URL or a file path (SQLite)."""
+
+    project: str
+    """Project to export."""
+
+    output: str
+    """A `.jsonl` file, or a directory written with `datasets.Dataset.save_to_disk`."""
+
+    aggregate: Literal["judgement", "majority"] = "judgement"
+    """One row per judgement, or one row per task with the majority label and its `agreement`."""
+
+    ties: Literal["drop", "keep"] = "drop"
+    """Drop tied judgements, or keep them as rows with `tie: true` (for tie-aware reward losses)."""
+
+    min_agreement: float = Field(0.0, ge=0.0, le=1.0)
+    """Keep only tasks whose share of annotators agreeing with the majority is at least this."""
+
+    rankings: Literal["pairs", "ranking"] = "pairs"
+    """`pairs`: every row prompt/chosen/rejected (K-way judgements expanded to their pairs);
+    `ranking`: every row prompt/responses/ranks (pairs become rankings of 2)."""
+
+    margins: list[float] = [0.0, 0.3333, 0.6667, 1.0]
+    """`margin` written for strength 1, 2, 3, 4 (Llama 2's small-margin scale); no strength, no margin."""
+
+    include_calibration: bool = True
+    """Export calibration tasks too."""
+
+    @field_validator("margins")
+    @classmethod
+    def _four(cls, v: list[float]) -> list[float]:
+        if len(v) != 4:
+            raise ValueError(f"margins needs one value per strength 1-4, got {len(v)}")
+        return v
+
+
+class LabelServeConfig(BaseConfig):
+    """Serve the annotator web UI, its JSON API and the admin pages (`rlhf label serve`)."""
+
+    output_dir: str = "runs/label-serve"
+    """Unused by serve (everything lives in the store); kept for the common config shape."""
+
+    store: str = "feedback.db"
+    """Feedback store: a SQLAlchemy URL or a file path (SQLite); created (or upgraded) if needed."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; the default serves this machine only (put a TLS proxy in front to expose it)."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+
+    create_admin: str | None = None
+    """Create an admin account with this name before serving (skipped with a message if it exists)."""
+
+    create_admin_password: str | None = None
+    """Password of `create_admin`; if not given, one is generated and printed once."""
+
+
+class EvaluateConfig(BaseConfig):
+    """Evaluate policies on the same prompts and write evaluation.json + report.md (`rlhf evaluate`)."""
+
+    output_dir: str = "runs/evaluate"
+    """Directory of evaluation.json, report.md and its PNG plots."""
+
+    policies: dict[str, str]
+    """Policies to compare: display name -> Hugging Face model directory (base, SFT, RL/DPO checkpoints)."""
+
+    reference: str = "sft"
+    """Name (a key of `policies`) of the reference policy that win rates and KL are measured against."""
+
+    prompts: str
+    """Prompts file (JSONL/JSON/CSV/Parquet with a `prompt` column), e.g. the world's prompts_eval.jsonl."""
+
+    max_prompts: int | None = Field(None, gt=0)
+    """Use only the first N prompts (all when unset)."""
+
+    reward_model: str | None = None
+    """Reward model directory (from `rlhf reward`) giving the proxy score; none when unset."""
+
+    gold: bool = True
+    """Add the synthetic world's gold reward, gold win rate and completion-format rate."""
+
+    num_samples: int = Field(1, gt=0)
+    """Completions sampled per prompt and policy."""
+
+    max_new_tokens: int = Field(48, gt=0)
+    """Maximum new tokens per completion."""
+
+    temperature: float = Field(1.0, gt=0.0)
+    """Sampling temperature; log-probs for the KL estimate use the same temperature."""
+
+    max_length: int = Field(128, gt=0)
+    """Maximum tokens of prompt + completion when the reward model scores them."""
+
+    batch_size: int = Field(64, gt=0)
+    """Sequences per generation / scoring batch."""
+
+    runs: dict[str, str] | None = None
+    """Training run directories (name -> dir with metrics.jsonl) whose curves go into the report."""
+
+    reward_runs: dict[str, str] | None = None
+    """Reward-model run directories (name -> dir with eval.json) for accuracy, calibration and length bias."""
+
+    agreement: str | None = None
+    """JSON file of labeler-agreement statistics to include in the report."""
+
+    title: str = "rlhfkit report"
+    """Title of report.md."""
+
+    @field_validator("policies")
+    @classmethod
+    def _policies_exist(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("at least one policy is needed")
+        return {name: check_model_path(path, f"policies.{name}") for name, path in v.items()}
+
+    @field_validator("reward_model")
+    @classmethod
+    def _rm_exists(cls, v: str | None) -> str | None:
+        return None if v is None else check_model_path(v, "reward_model")
+
+    @field_validator("prompts", "agreement")
+    @classmethod
+    def _file_exists(cls, v: str | None, info: Any) -> str | None:
+        if v is not None and not os.path.exists(os.path.expanduser(v)):
+            raise ValueError(f"'{v}' does not exist (for '{info.field_name}')")
+        return None if v is None else os.path.expanduser(v)
+
+    @field_validator("runs", "reward_runs")
+    @classmethod
+    def _runs_exist(cls, v: dict[str, str] | None, info: Any) -> dict[str, str] | None:
+        if v is not None:
+            for name, path in v.items():
+                if not os.path.isdir(os.path.expanduser(path)):
+                    raise ValueError(f"run directory '{path}' does not exist (for '{info.field_name}.{name}')")
+        return v
+
+    @model_validator(mode="after")
+    def _reference_is_a_policy(self) -> "EvaluateConfig":
+        if self.reference not in self.policies:
+            raise ValueError(f"reference '{self.reference}' is not one of the policies ({', '.join(self.policies)})")
+        return self
+
+
 # ----------------------------------------------------------------------------- loading
+
+
+class PipelineConfig(BaseConfig):
+    """`rlhf run PIPELINE.yaml`: the whole loop from one file (rlhfkit/pipeline.py).
+
+    Each stage section holds that stage's keys (`rlhf <stage> --help`); the pipeline fills in the
+    paths that connect stages (models, data, store, output directories). `${world}` in any string
+    is the synthetic world's directory when there is a `world` section."""
+
+    output_dir: str = "runs/pipeline"
+    """Directory of every stage's run directory, the feedback store, report.md and its plots."""
+
+    project: str = "pipeline"
+    """Feedback-store project that holds the comparisons of every round."""
+
+    rounds: int = Field(1, ge=1)
+    """Iterated RLHF: rounds of collect -> label -> reward -> RL (each round samples the last policy)."""
+
+    world: dict[str, Any] | None = None
+    """Build the synthetic world first (`rlhf synth` keys; {} for the defaults)."""
+
+    sft: dict[str, Any] | None = None
+    """Supervised fine-tuning (`rlhf sft` keys: model, data, ...); its output is the SFT policy."""
+
+    policy: str | None = None
+    """Starting (SFT) policy when there is no `sft` section."""
+
+    collect: dict[str, Any] = Field(default_factory=dict)
+    """`rlhf collect` keys (prompts, num_samples, pairs_per_prompt, select, ...)."""
+
+    label: dict[str, Any] = Field(default_factory=lambda: {"mode": "simulate"})
+    """mode 'simulate' (`rlhf label simulate` keys) or 'people' (target: judgements to wait for;
+    poll_seconds; timeout_seconds) while annotators label in `rlhf label serve`."""
+
+    export: dict[str, Any] = Field(default_factory=dict)
+    """`rlhf label export` keys (aggregate, ties, min_agreement)."""
+
+    reward: dict[str, Any] | None = None
+    """Reward-model training (`rlhf reward` keys); retrained each round on all comparisons so far."""
+
+    rl: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Online RL runs by name, each `rlhf ppo` keys (estimator: ppo | rloo | grpo, kl_coef, ...)."""
+
+    dpo: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """DPO-family runs by name, each `rlhf dpo` keys (loss_type, beta, ...)."""
+
+    evaluate: dict[str, Any] | None = None
+    """Final evaluation + report: prompts (file), num_prompts, num_samples, max_new_tokens, gold."""
+
+    @model_validator(mode="after")
+    def _pipeline_consistent(self) -> "PipelineConfig":
+        if (self.sft is None) == (self.policy is None):
+            raise ValueError("give exactly one of `sft` (train the SFT policy) and `policy` (start from one)")
+        if not self.collect.get("prompts") and not self.collect.get("responses"):
+            raise ValueError("collect needs `prompts` (a prompt file) or `responses` (a JSONL to import)")
+        if self.label.get("mode", "simulate") not in ("simulate", "people"):
+            raise ValueError(f"label.mode must be 'simulate' or 'people', got {self.label.get('mode')!r}")
+        if not self.rl and not self.dpo:
+            raise ValueError("nothing to train: add `rl` and/or `dpo` runs")
+        bad = [n for n in (*self.rl, *self.dpo) if not n.replace("-", "").replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"run names must be letters, digits, '-' or '_': {bad}")
+        return self
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -35,3 +35,21 @@ def test_length_bias_audit_by_hand():
 def test_accuracy_by_strength():
     out = accuracy_by_strength([1, 0, 2, 3], [0, 1, 1, 4], [1, 1, 3, 3])
     assert out == {"1": {"count": 2, "accuracy": 0.5}, "3": {"count": 2, "accuracy": 0.5}}
+
+
+def test_gao_fit_recovers_a_known_curve_and_its_peak():
+    import numpy as np
+
+    from rlhfkit.evaluate.metrics import gao_rl_fit
+
+    alpha, beta = 1.2, 0.6
+    d = np.array([0.5, 1.0, 2.0, 3.0, 5.0, 8.0])
+    gain = d * (alpha - beta * np.log(d))
+    fit = gao_rl_fit(d ** 2, gain)
+    assert fit["alpha"] == pytest.approx(alpha, abs=1e-9) and fit["beta"] == pytest.approx(beta, abs=1e-9)
+    assert fit["r2"] == pytest.approx(1.0)
+    # dR/dd = alpha - beta log d - beta = 0  =>  d* = e^(alpha/beta - 1) = e^1
+    assert fit["d_peak"] == pytest.approx(np.e) and fit["kl_peak"] == pytest.approx(np.e ** 2)
+    assert fit["gold_gain_peak"] == pytest.approx(np.e * (1.2 - 0.6))
+    with pytest.raises(ValueError):
+        gao_rl_fit([0.0, 1.0], [0.0, 0.1])

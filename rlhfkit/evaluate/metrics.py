@@ -85,3 +85,27 @@ def accuracy_by_strength(r_chosen: Sequence[float], r_rejected: Sequence[float],
     rc, rr, s = np.asarray(r_chosen, float), np.asarray(r_rejected, float), np.asarray(strength, float)
     return {f"{v:g}": {"count": int((s == v).sum()), "accuracy": pair_accuracy(rc[s == v], rr[s == v])}
             for v in sorted(set(s.tolist()))}
+
+
+def gao_rl_fit(kl: Sequence[float], gold_gain: Sequence[float]) -> dict:
+    """Fit Gao et al. (2022)'s RL over-optimisation form R(d) = d (alpha - beta log d), d = sqrt(KL).
+
+    `gold_gain` is the gold reward minus the starting policy's (R(0) = 0). The form is linear in
+    (alpha, beta): R = alpha d - beta d log d, so ordinary least squares on points with d > 0 gives
+    them exactly. With beta > 0 gold peaks at d* = exp(alpha / beta - 1) (dR/dd = 0) and falls after:
+    the point past which optimising the proxy harder hurts the true objective.
+    """
+    d = np.sqrt(np.clip(np.asarray(kl, dtype=float), 0.0, None))
+    r = np.asarray(gold_gain, dtype=float)
+    keep = d > 0
+    if keep.sum() < 2:
+        raise ValueError("gao_rl_fit needs at least two points with KL > 0")
+    d, r = d[keep], r[keep]
+    design = np.stack([d, -d * np.log(d)], axis=1)  # (N, 2): columns for alpha and beta
+    (alpha, beta), *_ = np.linalg.lstsq(design, r, rcond=None)
+    pred = design @ np.array([alpha, beta])
+    ss_res, ss_tot = float(((r - pred) ** 2).sum()), float(((r - r.mean()) ** 2).sum())
+    d_peak = float(np.exp(alpha / beta - 1.0)) if beta > 0 else None
+    return {"alpha": float(alpha), "beta": float(beta), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+            "d_peak": d_peak, "kl_peak": None if d_peak is None else d_peak ** 2,
+            "gold_gain_peak": None if d_peak is None else float(d_peak * (alpha - beta * np.log(d_peak)))}

@@ -1,0 +1,273 @@
+"""Evaluate a set of policies on the same prompts: reward, gold reward, win rate, KL, length, diversity.
+
+`evaluate_policies` is what `rlhf evaluate` and the pipeline call for base / SFT / every RL or
+DPO checkpoint. Implementation details that decide whether the numbers can be compared:
+
+1. Every policy samples the same prompts with the same seed (common random numbers), so the
+   reference evaluated against itself draws identical samples: win rate exactly 0.5, KL exactly 0.
+2. Sequence KL(pi || pi_ref) = E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)], estimated from the
+   policy's own samples by the summed per-token log-ratio of the *sampled ids* (EOS included;
+   re-tokenised text need not give the sampled tokens back), both log-probs at the sampling
+   temperature (RLHF-DETAILS item 12). This is the x-axis of the reward-vs-KL frontier.
+3. Win rate against the reference pairs the i-th sample of a policy with the i-th sample of the
+   reference (same prompt); a tie counts half. Its standard error is that of a mean of the
+   0 / 0.5 / 1 outcomes (sqrt(w(1-w)/n) when there are no ties).
+4. One model is in memory at a time: each policy is loaded, sampled, scored and freed; then the
+   reference scores every other policy's samples; then the reward model scores all texts.
+5. Distinct-n counts word n-grams inside each completion over all completions (Li et al. 2016):
+   words, not token ids, so policies with different tokenizers stay comparable.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+DISPLAY_PROMPTS = 4  # prompts whose samples are kept for the side-by-side section of the report
+DISPLAY_SAMPLES = 2  # samples per displayed prompt and policy
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct word n-grams / all word n-grams, n-grams taken inside each text (0 when none)."""
+    grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def summarize(values: list[float] | np.ndarray) -> dict[str, Any]:
+    """Mean, std and quantiles (q10 ... q90) of a sample of scores."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return {"mean": math.nan, "std": math.nan, "quantiles": {}}
+    return {"mean": float(v.mean()), "std": float(v.std()),
+            "quantiles": {f"q{round(q * 100)}": float(np.quantile(v, q)) for q in QUANTILES}}
+
+
+def win_rate(mine: list[float] | np.ndarray, theirs: list[float] | np.ndarray) -> dict[str, float]:
+    """Paired win rate of ``mine`` over ``theirs`` (ties count half) and its standard error."""
+    a, b = np.asarray(mine, float), np.asarray(theirs, float)
+    if a.shape != b.shape:
+        raise ValueError(f"win rate needs paired scores, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        return {"rate": math.nan, "se": math.nan, "wins": 0, "ties": 0, "losses": 0}
+    outcome = (a > b) + 0.5 * (a == b)
+    return {"rate": float(outcome.mean()), "se": float(outcome.std() / math.sqrt(a.size)),
+            "wins": int((a > b).sum()), "ties": int((a == b).sum()), "losses": int((a < b).sum())}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _free() -> None:
+    """Return the memory of models the caller has just deleted (before the next one loads)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def _sequence_logps(model, rows: list[dict], pad_id: int, *, temperature: float, batch_size: int) -> np.ndarray:
+    """Summed log-prob of each sample's completion ids, (N,). The chunking only depends on N and
+    batch_size, so a model scoring the same rows twice gives bit-identical numbers."""
+    from rlhfkit.data.collate import response_batch
+    from rlhfkit.logprobs import sequence_logprobs
+
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = response_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
+        b = {k: v.to(device) for k, v in b.items()}
+        out.append(sequence_logprobs(model, b, temperature=temperature)[0].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, reference: str,
+                      reward_model: str | Path | None = None, gold: bool = True, num_samples: int = 1,
+                      max_new_tokens: int = 48, temperature: float = 1.0, max_length: int = 128,
+                      seed: int = 0, batch_size: int = 64) -> dict:
+    """Sample ``num_samples`` completions per prompt from each policy and measure them.
+
+    ``policies`` maps a display name to a Hugging Face model directory; ``reference`` names the
+    entry (the SFT model) that win rates and KL are measured against. ``reward_model`` (a
+    directory written by `rlhf reward`) adds the proxy score, with its stored offset/scale;
+    ``gold`` adds the synthetic world's gold reward and completion-format rate.
+
+    Returns a JSON-serialisable dict: run settings, ``policies`` (name -> flat metrics: gold_*,
+    rm_*, win_rate(_se), rm_win_rate(_se), kl(_se), length_tokens, length_words, distinct_1/2,
+    eos_rate, format_rate) and ``samples`` (the first prompts with each policy's completions).
+    """
+    from rlhfkit.generation import sample_completions
+    from rlhfkit.modeling import load_causal_lm, load_tokenizer
+
+    if reference not in policies:
+        raise ConfigError(f"reference: '{reference}' is not one of the policies ({', '.join(policies)})")
+    if not prompts:
+        raise DataError("no prompts to evaluate on")
+    if temperature <= 0:
+        raise ConfigError("temperature: must be > 0 (the KL estimate needs sampled, not greedy, completions)")
+    if num_samples < 1:
+        raise ConfigError("num_samples: must be >= 1")
+    # Prompt-major: sample k of prompt j is row j * num_samples + k for every policy.
+    expanded = [p for p in prompts for _ in range(num_samples)]
+    device = _device()
+
+    # 1) Sample each policy and score its samples under itself; one model in memory at a time.
+    samples: dict[str, list[dict]] = {}
+    own_logps: dict[str, np.ndarray] = {}
+    vocabs: dict[str, dict] = {}
+    pad_ids: dict[str, int] = {}
+    for name, path in policies.items():
+        log.info("evaluate: sampling %d completions from %s (%s)", len(expanded), name, path)
+        tok = load_tokenizer(str(path))
+        model = load_causal_lm(str(path), tok).to(device).eval()
+        rows = sample_completions(model, tok, expanded, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  batch_size=batch_size, seed=seed, return_ids=True)
+        own_logps[name] = _sequence_logps(model, rows, tok.pad_token_id, temperature=temperature,
+                                          batch_size=batch_size)
+        samples[name], vocabs[name], pad_ids[name] = rows, tok.get_vocab(), tok.pad_token_id
+        del model
+        _free()
+
+    # 2) The reference scores every other policy's sampled ids (item 2). The reference's own KL is
+    # its log-probs minus themselves: exactly 0, not "0 up to padding-dependent rounding".
+    kl: dict[str, np.ndarray | None] = {reference: own_logps[reference] - own_logps[reference]}
+    others = [n for n in policies if n != reference]
+    if others:
+        ref_tok = load_tokenizer(str(policies[reference]))
+        ref_model = load_causal_lm(str(policies[reference]), ref_tok).to(device).eval()
+        for name in others:
+            if vocabs[name] != vocabs[reference]:
+                log.warning("evaluate: %s has a different tokenizer than the reference %s; KL not computed",
+                            name, reference)
+                kl[name] = None
+                continue
+            ref_lp = _sequence_logps(ref_model, samples[name], pad_ids[reference], temperature=temperature,
+                                     batch_size=batch_size)
+            kl[name] = own_logps[name] - ref_lp
+        del ref_model
+        _free()
+
+    # 3) Proxy (reward model, normalised as stored) and gold scores of every completion.
+    rm: dict[str, np.ndarray] = {}
+    if reward_model is not None:
+        from rlhfkit.scoring import RewardScorer
+
+        scorer = RewardScorer(reward_model, max_length=max_length, device=device)
+        for name, rows in samples.items():
+            rm[name] = scorer.score([r["prompt"] for r in rows], [r["completion"] for r in rows],
+                                    batch_size=batch_size)[0]
+        del scorer
+        _free()
+    golds: dict[str, np.ndarray] = {}
+    fmt: dict[str, float] = {}
+    if gold:
+        from rlhfkit.synthetic.gold import gold_reward_fn
+        from rlhfkit.synthetic.grammar import follows_format
+
+        for name, rows in samples.items():
+            golds[name] = np.asarray(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows]))
+            fmt[name] = float(np.mean([r["ended_with_eos"] and follows_format(r["completion"]) for r in rows]))
+
+    # 4) Per-policy numbers.
+    results: dict[str, dict] = {}
+    for name, rows in samples.items():
+        texts = [r["completion"] for r in rows]
+        m: dict[str, Any] = {"path": str(policies[name]), "n": len(rows)}
+        if gold:
+            g = summarize(golds[name])
+            w = win_rate(golds[name], golds[reference])
+            m.update(gold_mean=g["mean"], gold_std=g["std"], gold_quantiles=g["quantiles"],
+                     win_rate=w["rate"], win_rate_se=w["se"],
+                     win_counts={k: w[k] for k in ("wins", "ties", "losses")}, format_rate=fmt[name])
+        if reward_model is not None:
+            s = summarize(rm[name])
+            w = win_rate(rm[name], rm[reference])
+            m.update(rm_mean=s["mean"], rm_std=s["std"], rm_quantiles=s["quantiles"],
+                     rm_win_rate=w["rate"], rm_win_rate_se=w["se"])
+        k = kl[name]
+        m.update(kl=None if k is None else float(k.mean()),
+                 kl_se=None if k is None else float(k.std() / math.sqrt(k.size)),
+                 length_tokens=float(np.mean([r["num_tokens"] for r in rows])),
+                 length_words=float(np.mean([len(t.split()) for t in texts])),
+                 distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
+                 eos_rate=float(np.mean([r["ended_with_eos"] for r in rows])))
+        results[name] = m
+
+    # 5) The same first prompts for every policy, side by side.
+    display = []
+    for j in range(min(DISPLAY_PROMPTS, len(prompts))):
+        entry: dict[str, Any] = {"prompt": prompts[j], "completions": {}}
+        for name, rows in samples.items():
+            shown = []
+            for i in range(j * num_samples, j * num_samples + min(DISPLAY_SAMPLES, num_samples)):
+                s = {"text": rows[i]["completion"], "ended_with_eos": rows[i]["ended_with_eos"]}
+                if gold:
+                    s["gold"] = float(golds[name][i])
+                if reward_model is not None:
+                    s["rm"] = float(rm[name][i])
+                shown.append(s)
+            entry["completions"][name] = shown
+        display.append(entry)
+
+    return {"reference": reference, "prompts": len(prompts), "num_samples": num_samples,
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+            "reward_model": None if reward_model is None else str(reward_model), "gold": gold,
+            "policies": results, "samples": display}
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """The ``prompt`` column of a JSONL/JSON/CSV/Parquet file (first ``limit`` rows)."""
+    from rlhfkit.data.loading import read_records
+
+    rows = read_records(str(path))
+    prompts = []
+    for i, r in enumerate(rows, start=1):
+        p = r.get("prompt") if isinstance(r, dict) else None
+        if not isinstance(p, str):
+            raise DataError("missing" if p is None else f"expected a string, got {type(p).__name__}",
+                            source=str(path), row=i, field="prompt")
+        prompts.append(p)
+    if not prompts:
+        raise DataError("no rows", source=str(path))
+    return prompts[:limit] if limit else prompts
+
+
+def evaluate(cfg) -> Path:
+    """`rlhf evaluate`: evaluate the configured policies, write evaluation.json and report.md."""
+    from rlhfkit.config import save_config
+    from rlhfkit.evaluate.report import write_report
+    from rlhfkit.train.common import seed_everything
+
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    prompts = read_prompts(cfg.prompts, cfg.max_prompts)
+    evaluation = evaluate_policies(cfg.policies, prompts, reference=cfg.reference, reward_model=cfg.reward_model,
+                                   gold=cfg.gold, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                                   temperature=cfg.temperature, max_length=cfg.max_length, seed=cfg.seed,
+                                   batch_size=cfg.batch_size)
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    agreement = None
+    if cfg.agreement:
+        try:
+            agreement = json.loads(Path(cfg.agreement).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"not a readable JSON file: {e}", source=cfg.agreement) from None
+        if not isinstance(agreement, dict):
+            raise DataError("expected a JSON object of statistics", source=cfg.agreement)
+    return write_report(out, evaluation=evaluation, runs=cfg.runs, reward_runs=cfg.reward_runs,
+                        agreement=agreement, title=cfg.title)

@@ -30,7 +30,7 @@ synthetic world's is ``rlhfkit.synthetic.gold.gold_reward_fn``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -235,3 +235,158 @@ def best_of_n_kl(n: int) -> float:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return math.log(n) - (n - 1) / n
+
+
+# ---------------------------------------------------------------------------------------------
+# simulated annotators answering the feedback store's queue (`rlhf label simulate`)
+
+
+def simulated_judgement(shown: Sequence[int], gold: Mapping[int, float], words: Mapping[int, int],
+                        rng: np.random.Generator, *, temperature: float, position_bias: float = 0.0,
+                        length_bias: float = 0.0, tie_threshold: float = 0.0,
+                        strength_bins: Sequence[float] = (0.1, 0.3, 0.6), median: float = 0.0) -> dict:
+    """What a simulated annotator submits for a task shown in the order ``shown`` (response ids).
+
+    Returns keyword arguments for :meth:`FeedbackStore.submit` (``choice``/``strength`` for a pair,
+    ``ranking`` for K > 2), always *relative to the shown order*, exactly as a person's are, so a
+    position bias acts on what is on the left, not on the canonical order.
+
+    Pair (left L, right R, ``d = g_L - g_R``): ``|d| < tie_threshold`` is a tie, ``tie_good`` when
+    both rewards exceed ``median`` else ``tie_bad``; otherwise "A" (left) with probability
+    ``sigmoid(d / T + position_bias + length_bias * (words_L - words_R))`` (``T = 0``: the higher
+    reward, the biases only break exact ties). Strength is ``1 +`` the number of ``strength_bins``
+    edges that ``|d|`` reaches, whichever side was picked (a confusable pair is a weak preference).
+    One uniform draw per pair, tie or not, so the stream of draws does not depend on the threshold.
+
+    K-way: a Plackett-Luce sample over utilities ``g / T + bias`` by the Gumbel-max trick (sort
+    ``u_i + Gumbel_i``), where the position bias decays linearly from the first shown response
+    (full) to the last (none), which for K = 2 is the pair rule. ``T = 0`` sorts by reward, then bias.
+    Neighbours in the sampled order whose rewards differ by less than ``tie_threshold`` share a group.
+    """
+    shown = list(shown)
+    k = len(shown)
+    g = np.array([gold[i] for i in shown], dtype=np.float64)  # (K,)
+    w = np.array([words[i] for i in shown], dtype=np.float64)  # (K,)
+    if k == 2:
+        d = float(g[0] - g[1])
+        u = rng.random()
+        strength = 1 + int(sum(abs(d) >= e for e in strength_bins))
+        if abs(d) < tie_threshold:
+            return {"choice": "tie_good" if min(g) > median else "tie_bad", "strength": None}
+        bias = position_bias + length_bias * (w[0] - w[1])
+        if temperature == 0:
+            logit = math.copysign(math.inf, d) if d != 0 else bias
+        else:
+            logit = d / temperature + bias
+        p_left = float(_sigmoid(np.array([logit]))[0])
+        return {"choice": "A" if u < p_left else "B", "strength": strength}
+    bias = position_bias * (1 - np.arange(k) / (k - 1)) + length_bias * w  # (K,)
+    gumbel = rng.gumbel(size=k)  # (K,)
+    if temperature == 0:
+        order = sorted(range(k), key=lambda i: (-g[i], -bias[i], i))
+    else:
+        order = list(np.argsort(-(g / temperature + bias + gumbel), kind="stable"))
+    groups: list[list[int]] = [[shown[order[0]]]]
+    for prev, cur in zip(order, order[1:]):
+        if abs(g[prev] - g[cur]) < tie_threshold:
+            groups[-1].append(shown[cur])
+        else:
+            groups.append([shown[cur]])
+    if len(groups) == 1:  # everything tied: the store needs an order; keep the sampled one
+        groups = [[shown[i]] for i in order]
+    return {"ranking": groups}
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """``"gold"`` (the synthetic world's gold reward) or ``"module:function"``."""
+    import importlib
+
+    from rlhfkit.errors import ConfigError
+
+    module, name = ("rlhfkit.synthetic.gold", "gold_reward_fn") if spec == "gold" else spec.split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"reward: cannot load '{spec}': {e}") from None
+
+
+def simulate_labels(cfg) -> dict:
+    """`rlhf label simulate`: ``cfg.num_annotators`` simulated annotators work through the queue.
+
+    Each is an annotator in the store (created if missing) and goes through ``next_task`` and
+    ``submit`` like a person, in round-robin turns, until no annotator gets a task (or
+    ``cfg.max_rounds``). The reward is computed once for every response of the project. Returns
+    counts and the measured left-choice share and agreement with the reward ordering.
+    """
+    import json
+    import secrets
+    from pathlib import Path
+
+    from rlhfkit.config import save_config
+    from rlhfkit.feedback.store import FeedbackStore
+
+    reward_fn = load_reward_fn(cfg.reward)
+    store = FeedbackStore(cfg.store)
+    try:
+        store.get_project(cfg.project)  # NotFoundError naming the project
+        tasks = store.tasks(cfg.project)
+        texts: dict[int, tuple[str, str]] = {}
+        for t in tasks:
+            for rid, text in zip(t["response_ids"], t["texts"]):
+                texts[rid] = (t["prompt"], text)
+        ids = sorted(texts)
+        scores = list(reward_fn([texts[i][0] for i in ids], [texts[i][1] for i in ids])) if ids else []
+        if len(scores) != len(ids):
+            from rlhfkit.errors import ConfigError
+            raise ConfigError(f"reward '{cfg.reward}' returned {len(scores)} scores for {len(ids)} responses")
+        gold = {i: float(s) for i, s in zip(ids, scores)}
+        words = {i: _n_words(texts[i][1]) for i in ids}
+        median = float(np.median(scores)) if scores else 0.0
+
+        annotators = []
+        for n in range(1, cfg.num_annotators + 1):
+            name = f"{cfg.name_prefix}-{n}"
+            # A random password nobody knows: simulated annotators never log in.
+            annotators.append(store.get_annotator(name) or store.add_annotator(name, secrets.token_urlsafe(24)))
+        rngs = {a.id: np.random.default_rng([cfg.seed, n]) for n, a in enumerate(annotators)}
+        kw = dict(temperature=cfg.temperature, position_bias=cfg.position_bias, length_bias=cfg.length_bias,
+                  tie_threshold=cfg.tie_threshold, strength_bins=cfg.strength_bins, median=median)
+        stats = {"judgements": 0, "ties": 0, "left": 0, "forced": 0, "agree": 0, "decided": 0}
+        active = list(annotators)
+        rounds = 0
+        while active and rounds < cfg.max_rounds:
+            rounds += 1
+            for a in list(active):
+                view = store.next_task(cfg.project, a.id)
+                if view is None:
+                    active.remove(a)
+                    continue
+                shown = [rid for rid, _ in view.responses]
+                answer = simulated_judgement(shown, gold, words, rngs[a.id], **kw)
+                store.submit(view.id, a.id, displayed_order=shown, **answer)
+                stats["judgements"] += 1
+                choice = answer.get("choice")
+                if choice in ("tie_good", "tie_bad"):
+                    stats["ties"] += 1
+                elif choice is not None:
+                    stats["forced"] += 1
+                    stats["left"] += choice == "A"
+                    picked, other = (shown[0], shown[1]) if choice == "A" else (shown[1], shown[0])
+                    if gold[picked] != gold[other]:
+                        stats["decided"] += 1
+                        stats["agree"] += gold[picked] > gold[other]
+        summary = {
+            "project": cfg.project,
+            "annotators": [a.name for a in annotators],
+            "judgements": stats["judgements"],
+            "ties": stats["ties"],
+            "left_share": stats["left"] / stats["forced"] if stats["forced"] else None,
+            "agreement_with_reward": stats["agree"] / stats["decided"] if stats["decided"] else None,
+            "rounds": rounds,
+            "progress": store.progress(cfg.project),
+        }
+    finally:
+        store.close()
+    save_config(cfg, cfg.output_dir)
+    (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

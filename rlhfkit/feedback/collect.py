@@ -1,0 +1,224 @@
+"""`rlhf collect`: put candidate responses into a feedback project and make comparison tasks of them.
+
+Two sources: sample ``num_samples`` responses per prompt from each of ``models`` (recording the
+model id and the sampling settings with every response), or import a file of ready-made responses.
+Then, per prompt, up to ``pairs_per_prompt`` tasks of ``task_size`` responses with distinct texts
+are drawn without replacement, preferring sets that span more models: comparing models with each
+other is what a leaderboard and a reward model learn most from, and two samples of one model are
+often near-duplicates.
+
+Idempotent: prompts and responses are keyed on their text (and model id) in the store, and a prompt
+that already has ``pairs_per_prompt`` tasks gets no more; so re-running the same command adds
+nothing. Deterministic for a seed: sampling is seeded, and task selection uses its own generator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rlhfkit.config import CollectConfig, save_config
+from rlhfkit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def collect(cfg: CollectConfig) -> dict:
+    """Run `rlhf collect`; returns (and writes to ``output_dir/summary.json``) what it created."""
+    from rlhfkit.feedback.store import FeedbackStore, NotFoundError
+
+    store = FeedbackStore(cfg.store)
+    try:
+        guidelines = Path(cfg.guidelines).expanduser().read_text(encoding="utf-8") if cfg.guidelines else ""
+        try:
+            info = store.get_project(cfg.project)
+            if cfg.guidelines and guidelines != info.guidelines:
+                store.update_guidelines(cfg.project, guidelines)
+        except NotFoundError:
+            store.create_project(cfg.project, guidelines, cfg.annotators_per_task)
+        before = _counts(store, cfg.project)
+
+        if cfg.responses is not None:
+            by_prompt = _import_responses(cfg.responses)
+        else:
+            by_prompt = _sample(cfg, _read_prompts(cfg))
+        # by_prompt: prompt text -> list of (text, model_id, sampling) in a deterministic order
+        response_ids: dict[str, list[tuple[int, str, str]]] = {}
+        for prompt, items in by_prompt.items():
+            pid = store.add_prompt(cfg.project, prompt)
+            seen: dict[tuple[str, str], int] = {}
+            for text, model_id, sampling in items:
+                if (text, model_id) not in seen:
+                    seen[(text, model_id)] = store.add_response(pid, text, model_id, sampling)
+            response_ids[prompt] = [(rid, text, model) for (text, model), rid in seen.items()]
+
+        made = _make_tasks(store, cfg, response_ids)
+        after = _counts(store, cfg.project)
+        summary = {
+            "project": cfg.project,
+            "store": store.url,
+            "prompts_added": after["prompts"] - before["prompts"],
+            "responses_added": after["responses"] - before["responses"],
+            "tasks_created": made["tasks"],
+            "calibration_tasks_created": made["calibration"],
+            "prompts_without_task": made["too_few"],
+            "tasks_total": after["tasks"],
+        }
+    finally:
+        store.close()
+    save_config(cfg, cfg.output_dir)
+    out = Path(cfg.output_dir) / "summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("collect: %s", summary)
+    return summary
+
+
+def _counts(store, project: str) -> dict:
+    from sqlalchemy import func, select
+
+    from rlhfkit.feedback.store import Prompt, Response, Task
+
+    pid = store.get_project(project).id
+    with store._session.begin() as s:
+        return {
+            "prompts": s.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == pid)),
+            "responses": s.scalar(select(func.count()).select_from(Response).join(Prompt)
+                                  .where(Prompt.project_id == pid)),
+            "tasks": s.scalar(select(func.count()).select_from(Task).where(Task.project_id == pid)),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def _read_prompts(cfg: CollectConfig) -> list[str]:
+    from rlhfkit.data.formats import normalize
+    from rlhfkit.data.loading import read_records
+
+    rows, _ = normalize(read_records(cfg.prompts, split=cfg.prompts_split), "prompt", source=str(cfg.prompts))
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))  # de-duplicated, first-seen order
+    return prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
+
+
+def _sample(cfg: CollectConfig, prompts: list[str]) -> dict[str, list[tuple[str, str, dict]]]:
+    from rlhfkit.generation import sample_completions
+    from rlhfkit.modeling import load_causal_lm, load_tokenizer
+
+    out: dict[str, list[tuple[str, str, dict]]] = {p: [] for p in prompts}
+    names = cfg.model_names or list(cfg.models)
+    for m, (path, name) in enumerate(zip(cfg.models, names)):
+        tok = load_tokenizer(path)
+        model = load_causal_lm(path, tok)
+        settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                    "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed + m, "model_path": str(path)}
+        # Each prompt repeated num_samples times in one call: one seeded stream, reproducible.
+        batch = [p for p in prompts for _ in range(cfg.num_samples)]
+        rows = sample_completions(model, tok, batch, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                  batch_size=cfg.batch_size, seed=cfg.seed + m)
+        for row in rows:
+            if row["completion"].strip():  # an empty sample cannot be judged
+                out[row["prompt"]].append((row["completion"], name, {**settings,
+                                           "ended_with_eos": row["ended_with_eos"]}))
+        del model
+    return out
+
+
+def _import_responses(path: str) -> dict[str, list[tuple[str, str, dict | None]]]:
+    """Rows ``prompt``, ``response``/``completion``, optional ``model_id``/``model``, ``sampling``."""
+    from rlhfkit.data.loading import read_records
+
+    if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"responses: file '{path}' does not exist")
+    records = read_records(path)
+    numbers = records.row_numbers or list(range(1, len(records) + 1))
+    default_model = f"import:{Path(path).name}"
+    out: dict[str, list[tuple[str, str, dict | None]]] = {}
+    for row, n in zip(records, numbers):
+        if not isinstance(row, dict):
+            raise DataError("expected an object with named fields", source=path, row=n)
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"expected a non-blank string, got {prompt!r}", source=path, row=n, field="prompt")
+        key = "response" if "response" in row else "completion"
+        text = row.get(key)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"expected a non-blank string, got {text!r}", source=path, row=n, field=key)
+        mkey = "model_id" if "model_id" in row else "model"
+        model = row.get(mkey, default_model)
+        if model is None:
+            model = default_model
+        if not isinstance(model, str) or not model:
+            raise DataError(f"expected a model id string, got {model!r}", source=path, row=n, field=mkey)
+        sampling = row.get("sampling")
+        if sampling is not None and not isinstance(sampling, dict):
+            raise DataError(f"expected an object, got {sampling!r}", source=path, row=n, field="sampling")
+        out.setdefault(prompt, []).append((text, model, sampling))
+    if not out:
+        raise DataError("contains no rows", source=path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+def _make_tasks(store, cfg: CollectConfig, response_ids: dict[str, list[tuple[int, str, str]]]) -> dict:
+    """Create the missing tasks of every prompt; returns counts."""
+    existing = _existing_sets(store, cfg.project)
+    n_cal = sum(1 for _, cal in existing.values() if cal)
+    rng = np.random.default_rng(cfg.seed)
+    made = {"tasks": 0, "calibration": 0, "too_few": 0}
+    for prompt, items in response_ids.items():
+        by_text: dict[str, tuple[int, str]] = {}
+        for rid, text, model in items:
+            by_text.setdefault(text, (rid, model))  # identical texts cannot be compared
+        cands = list(by_text.values())  # (response id, model)
+        if len(cands) < cfg.task_size:
+            made["too_few"] += 1
+            continue
+        have = [s for s, (p, _) in existing.items() if p == prompt]
+        todo = cfg.pairs_per_prompt - len(have)
+        if todo <= 0:
+            continue
+        for ids in _choose_sets(cands, cfg.task_size, todo, set(have), rng):
+            cal = n_cal < cfg.calibration
+            store.create_task(cfg.project, ids, calibration=cal)
+            existing[frozenset(ids)] = (prompt, cal)
+            n_cal += cal
+            made["tasks"] += 1
+            made["calibration"] += cal
+    return made
+
+
+def _existing_sets(store, project: str) -> dict[frozenset, tuple[str, bool]]:
+    return {frozenset(t["response_ids"]): (t["prompt"], t["calibration"]) for t in store.tasks(project)}
+
+
+def _choose_sets(cands: list[tuple[int, str]], k: int, n: int, taken: set, rng: np.random.Generator) -> list[list[int]]:
+    """Up to ``n`` new k-subsets of ``cands`` (response id, model), most distinct models first,
+    random otherwise; each returned in a random (canonical) order."""
+    m = len(cands)
+    if k == 2 or m <= 12:  # enumerable: C(12, 6) = 924 at most
+        pool = [list(c) for c in itertools.combinations(range(m), k)]
+        pool = [pool[i] for i in rng.permutation(len(pool))]
+    else:  # too many subsets to list: draw random ones
+        pool = [sorted(rng.choice(m, size=k, replace=False).tolist()) for _ in range(50 * n)]
+    scored = sorted(pool, key=lambda idx: -len({cands[i][1] for i in idx}))  # stable: random within a score
+    out: list[list[int]] = []
+    seen = set(taken)
+    for idx in scored:
+        ids = [cands[i][0] for i in idx]
+        if frozenset(ids) in seen:
+            continue
+        seen.add(frozenset(ids))
+        out.append([ids[i] for i in rng.permutation(k)])
+        if len(out) == n:
+            break
+    return out

@@ -1,0 +1,225 @@
+"""`rlhf label export`: judgements -> a preference dataset that `rlhf reward` and `rlhf dpo` read as is.
+
+Rows follow TRL's columns: ``prompt``, ``chosen``, ``rejected`` (or, with ``rankings="ranking"``,
+``prompt``, ``responses``, ``ranks`` with 1 = best and equal ranks tied; a fully tied one, e.g. a
+tied pair, is no ranking and is left out whatever ``ties`` says), plus ``margin`` (from the
+annotator's strength, on Llama 2's scale; absent without a strength), ``tie`` (with ``ties="keep"``,
+read by ``rlhfkit.data.formats`` and modelled by ``rlhf reward ties=rao_kupper|davidson``), and
+provenance: ``task_id``, the response and model ids, ``annotator_ids``/``annotators``,
+``agreement`` and ``n_annotators``.
+
+``agreement`` is the share of a task's annotators whose label equals the most common one (1.0 with
+a single annotator, 0.5 for a 1-1 split); for a K-way task it is the mean of that share over the
+task's response pairs, each annotator's label for a pair read off their ranking. It is written on
+per-judgement rows too, so ``min_agreement`` filters both modes the same way.
+
+Aggregation ``majority`` writes one row per task (per response pair for K-way tasks in ``pairs``
+mode) with the majority label (:func:`rlhfkit.feedback.agreement.majority_vote`); a split vote has
+no majority and gives no row, because training on a coin flip teaches nothing. Its ``margin`` is
+the mean margin of the annotators in the majority.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from itertools import combinations
+from pathlib import Path
+
+from rlhfkit.config import LabelExportConfig
+from rlhfkit.errors import DataError
+from rlhfkit.feedback.agreement import majority_vote
+
+log = logging.getLogger(__name__)
+
+_TIE_LABELS = ("tie_good", "tie_bad", "tie")
+
+
+def export(cfg: LabelExportConfig) -> Path:
+    """Run `rlhf label export`; returns the written file or directory."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore(cfg.store) as store:
+        rows, stats = export_rows(store, cfg.project, aggregate=cfg.aggregate, ties=cfg.ties,
+                                  min_agreement=cfg.min_agreement, rankings=cfg.rankings, margins=cfg.margins,
+                                  include_calibration=cfg.include_calibration)
+    if not rows:
+        raise DataError(f"nothing to export ({_describe(stats)})", source=f"project '{cfg.project}'")
+    out = Path(cfg.output).expanduser()
+    if out.suffix in (".jsonl", ".ndjson"):
+        from rlhfkit.data.loading import write_jsonl
+
+        write_jsonl(out, rows)
+    else:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(str(out))
+    log.info("exported %d rows to %s (%s)", len(rows), out, _describe(stats))
+    return out
+
+
+def _describe(stats: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())) or "no judgements"
+
+
+def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str = "drop",
+                min_agreement: float = 0.0, rankings: str = "pairs",
+                margins: list[float] = (0.0, 0.3333, 0.6667, 1.0),
+                include_calibration: bool = True) -> tuple[list[dict], Counter]:
+    """The export rows of a project and a counter of what was written and why rows were left out."""
+    if aggregate not in ("judgement", "majority"):
+        raise ValueError(f"aggregate must be 'judgement' or 'majority', got {aggregate!r}")
+    if ties not in ("drop", "keep") or rankings not in ("pairs", "ranking"):
+        raise ValueError(f"ties must be drop|keep and rankings pairs|ranking, got {ties!r}, {rankings!r}")
+    by_task: dict[int, list[dict]] = {}
+    for j in store.judgements(project):
+        by_task.setdefault(j["task_id"], []).append(j)
+    stats: Counter = Counter()
+    rows: list[dict] = []
+    for task_id, js in by_task.items():
+        if js[0]["calibration"] and not include_calibration:
+            stats["calibration_excluded"] += len(js)
+            continue
+        labels = [_pair_labels(j) for j in js]  # per judgement: {(i, j) positions: label}
+        agreement = _agreement(labels)
+        if agreement < min_agreement:
+            stats["below_min_agreement"] += 1
+            continue
+        make = _judgement_rows if aggregate == "judgement" else _majority_rows
+        rows.extend(make(js, labels, agreement, ties=ties, rankings=rankings, margins=margins, stats=stats))
+    stats["rows"] = len(rows)
+    return rows, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+def _pair_labels(j: dict) -> dict[tuple[int, int], str]:
+    """One judgement as labels on canonical position pairs (i < j): "A" (i better), "B", or a tie."""
+    ids = j["response_ids"]
+    if j["kind"] == "pair":
+        return {(0, 1): j["choice"]}
+    rank = {rid: g for g, group in enumerate(j["ranking"]) for rid in group}
+    out = {}
+    for a, b in combinations(range(len(ids)), 2):
+        ra, rb = rank[ids[a]], rank[ids[b]]
+        out[(a, b)] = "A" if ra < rb else "B" if ra > rb else "tie"
+    return out
+
+
+def _share(labels: list[str]) -> float:
+    return Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def _agreement(labels: list[dict]) -> float:
+    pairs = labels[0].keys()
+    return sum(_share([lab[p] for lab in labels]) for p in pairs) / len(pairs)
+
+
+def _margin(strength: int | None, margins) -> float | None:
+    return None if strength is None else float(margins[strength - 1])
+
+
+def _base(js: list[dict], agreement: float) -> dict:
+    j = js[0]
+    return {"task_id": j["task_id"], "annotator_ids": [x["annotator_id"] for x in js],
+            "annotators": [x["annotator"] for x in js], "agreement": agreement, "n_annotators": len(js),
+            "calibration": j["calibration"]}
+
+
+def _pair_row(j: dict, a: int, b: int, label: str, margin: float | None) -> dict | None:
+    """prompt/chosen/rejected for positions a, b; None when both texts are the same."""
+    texts, ids, models = j["texts"], j["response_ids"], j["model_ids"]
+    if texts[a] == texts[b]:
+        return None
+    c, r = (b, a) if label == "B" else (a, b)
+    tie = label in _TIE_LABELS
+    return {"prompt": j["prompt"], "chosen": texts[c], "rejected": texts[r], "margin": None if tie else margin,
+            "tie": tie, "tie_kind": label if tie else None, "chosen_id": ids[c], "rejected_id": ids[r],
+            "chosen_model": models[c], "rejected_model": models[r]}
+
+
+def _ranking_row(j: dict, ranks: list[int]) -> dict:
+    return {"prompt": j["prompt"], "responses": list(j["texts"]), "ranks": ranks,
+            "response_ids": list(j["response_ids"]), "model_ids": list(j["model_ids"])}
+
+
+def _dense(values: list[float]) -> list[int]:
+    """Dense ranks, 1 = smallest value; equal values share a rank."""
+    order = sorted(set(values))
+    return [order.index(v) + 1 for v in values]
+
+
+def _ranks_from_labels(labels: dict[tuple[int, int], str], k: int) -> list[int] | None:
+    """Ranks from pair labels: wins counted, more wins = better rank (Copeland); exact for a pair."""
+    score = [0.0] * k
+    for (a, b), lab in labels.items():
+        if lab is None:
+            return None
+        if lab == "A":
+            score[a] += 1
+        elif lab == "B":
+            score[b] += 1
+    return _dense([-s for s in score])
+
+
+def _judgement_rows(js, labels, agreement, *, ties, rankings, margins, stats) -> list[dict]:
+    out = []
+    base = _base(js, agreement)
+    for j, lab in zip(js, labels):
+        extra = {**base, "judgement_id": j["judgement_id"], "annotator": j["annotator"],
+                 "annotator_id": j["annotator_id"], "strength": j["strength"]}
+        is_tie = any(v in _TIE_LABELS for v in lab.values())
+        if rankings == "ranking":
+            ranks = _ranks_from_labels(lab, len(j["texts"]))
+            if len(set(ranks)) == 1 or len(set(j["texts"])) != len(j["texts"]):
+                # a full tie is no preference in a ranking row (formats.py refuses it)
+                stats["ties_dropped" if is_tie else "identical_texts"] += 1
+                continue
+            out.append({**_ranking_row(j, ranks), **extra})
+            continue
+        for (a, b), label in lab.items():
+            if label in _TIE_LABELS and ties == "drop":
+                stats["ties_dropped"] += 1
+                continue
+            row = _pair_row(j, a, b, label, _margin(j["strength"], margins) if j["kind"] == "pair" else None)
+            if row is None:
+                stats["identical_texts"] += 1
+                continue
+            out.append({**row, **extra})
+    return out
+
+
+def _majority_rows(js, labels, agreement, *, ties, rankings, margins, stats) -> list[dict]:
+    j0 = js[0]
+    base = _base(js, agreement)
+    consensus: dict[tuple[int, int], str | None] = {}
+    for pair in labels[0]:
+        consensus[pair] = majority_vote([(0, n, lab[pair]) for n, lab in enumerate(labels)])[0]
+    if rankings == "ranking":
+        ranks = _ranks_from_labels(consensus, len(j0["texts"]))
+        if ranks is None:
+            stats["no_majority"] += 1
+            return []
+        if len(set(ranks)) == 1 or len(set(j0["texts"])) != len(j0["texts"]):
+            stats["ties_dropped"] += 1
+            return []
+        return [{**_ranking_row(j0, ranks), **base}]
+    out = []
+    for (a, b), label in consensus.items():
+        if label is None:
+            stats["no_majority"] += 1
+            continue
+        if label in _TIE_LABELS and ties == "drop":
+            stats["ties_dropped"] += 1
+            continue
+        voters = [j for j, lab in zip(js, labels) if lab[(a, b)] == label]
+        ms = [_margin(j["strength"], margins) for j in voters if j["kind"] == "pair" and j["strength"] is not None]
+        row = _pair_row(j0, a, b, label, sum(ms) / len(ms) if ms else None)
+        if row is None:
+            stats["identical_texts"] += 1
+            continue
+        share = _share([lab[(a, b)] for lab in labels])
+        out.append({**row, **base, "agreement": share if j0["kind"] != "pair" else agreement})
+    return out

@@ -8,8 +8,10 @@ and the proxy-gold gap alarm flags it. An example, not a test:
 
 Steps: build (or reuse) the world, SFT, label pairs of SFT samples with a simulated labeler,
 train a reward model, run PPO with kl_coef=0 and the gold reward monitored, then print the
-proxy / gold / KL trajectory and where gold peaked. Everything lands in run directories under
---output (metrics.jsonl of the PPO run holds the whole trajectory; best/ the peak-gold policy).
+proxy / gold / KL trajectory and where gold peaked, fit gold against d = sqrt(KL) in Gao et al.'s
+RL form d (alpha - beta log d) and plot both (overoptimisation.png). Everything lands in run
+directories under --output (metrics.jsonl of the PPO run holds the whole trajectory; best/ the
+peak-gold policy).
 """
 
 from __future__ import annotations
@@ -65,8 +67,45 @@ def main() -> None:
         "proxy_kept_rising": last["proxy_reward"] > peak["proxy_reward"],
         "gap_alarms": sum(1 for r in rows if r.get("alarm_gap")),
     }
+    verdict["gao_fit"] = gao_fit(rows, out / "overoptimisation.png")
     (out / "overoptimisation.json").write_text(json.dumps(verdict, indent=2))
     print(json.dumps(verdict))
+
+
+def gao_fit(rows: list[dict], png: Path) -> dict:
+    """Gold gain over the first step against d = sqrt(KL), fitted as d (alpha - beta log d), and a
+    plot of gold and proxy gain with the fitted curve and its peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rlhfkit.evaluate.metrics import gao_rl_fit
+
+    kl = np.array([r["seq_kl"] for r in rows])
+    gold = np.array([r["gold_reward"] for r in rows]) - rows[0]["gold_reward"]
+    proxy = np.array([r["proxy_reward"] for r in rows]) - rows[0]["proxy_reward"]
+    fit = gao_rl_fit(kl, gold)
+    d = np.sqrt(np.clip(kl, 0, None))
+    grid = np.linspace(max(d[d > 0].min(), 1e-3), d.max(), 200)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(d, gold, s=12, label="gold gain")
+    ax.scatter(d, proxy, s=12, marker="x", label="proxy (RM) gain")
+    ax.plot(grid, grid * (fit["alpha"] - fit["beta"] * np.log(grid)), "k-",
+            label=f"fit d({fit['alpha']:.2f} - {fit['beta']:.2f} log d), R2 {fit['r2']:.2f}")
+    if fit["d_peak"] is not None and fit["d_peak"] <= d.max() * 1.5:
+        ax.axvline(fit["d_peak"], color="grey", ls="--", lw=1, label=f"gold peak d* = {fit['d_peak']:.2f}")
+    ax.set_xlabel("d = sqrt(KL to SFT)")
+    ax.set_ylabel("reward gain over step 1")
+    ax.set_title("Reward over-optimisation (KL penalty 0)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    print(f"Gao fit: alpha {fit['alpha']:.3f}, beta {fit['beta']:.3f}, R2 {fit['r2']:.2f}, "
+          f"gold peaks at KL {fit['kl_peak'] if fit['kl_peak'] is None else round(fit['kl_peak'], 2)}; plot {png}")
+    return fit
 
 
 if __name__ == "__main__":

@@ -666,8 +666,22 @@ class CollectConfig(BaseConfig):
     calibration: int = Field(0, ge=0)
     """How many of the tasks are calibration tasks, shown to every annotator first."""
 
+    select: Literal["random", "uncertain"] = "random"
+    """How pairs are chosen per prompt: 'random' (cross-model first), or 'uncertain' (active
+    selection: the pairs whose preference `selection_model` is least sure of, i.e. the highest
+    binary entropy of the ensemble-mean P(A > B); pairs only, task_size 2)."""
+
+    selection_model: str | None = None
+    """Reward-model directory (an ensemble directory too) that scores the candidates for
+    select=uncertain; required then, unused otherwise."""
+
     @model_validator(mode="after")
     def _one_source(self) -> "CollectConfig":
+        if self.select == "uncertain":
+            if self.task_size != 2:
+                raise ValueError(f"select=uncertain ranks pairs: it needs task_size=2, got {self.task_size}")
+            if self.selection_model is None:
+                raise ValueError("select=uncertain needs `selection_model` (a reward-model directory)")
         if (self.prompts is None) == (self.responses is None):
             raise ValueError("give exactly one of `prompts` (with `models`) or `responses`")
         if self.prompts is not None and not self.models:
@@ -684,6 +698,13 @@ class CollectConfig(BaseConfig):
     @classmethod
     def _models_exist(cls, v: list[str]) -> list[str]:
         return [check_model_path(m, "models") for m in v]
+
+    @field_validator("selection_model")
+    @classmethod
+    def _selection_model_exists(cls, v: str | None) -> str | None:
+        if v is not None and not os.path.isdir(os.path.expanduser(v)):
+            raise ValueError(f"selection_model '{v}' is not an existing directory")
+        return None if v is None else os.path.expanduser(v)
 
 
 class LabelSimulateConfig(BaseConfig):
@@ -969,8 +990,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"command line: override '{item}' has an empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw  # leave it a string; the field's type decides whether that is valid
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError):
+            # PyYAML's constructors raise plain ValueError etc. for e.g. '2020-13-45' or
+            # '!!int abc'. Leave it a string; the field's type decides whether that is valid.
+            value = raw
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -1011,6 +1034,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    except (ValueError, TypeError, AttributeError) as e:  # PyYAML constructors: '2020-13-45', '!!int abc'
+        raise ConfigError(f"{p}: invalid YAML value: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

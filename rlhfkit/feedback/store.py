@@ -282,6 +282,9 @@ def _make_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            # WAL + NORMAL: a commit survives a process crash; only a power cut can lose the last
+            # transactions (never corrupt the file), and each write skips a full disk sync (~9 ms).
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")  # SQLite ignores REFERENCES without it
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()

@@ -1,8 +1,8 @@
 """`rlhf demo`: the pipeline on the synthetic world, end to end, with a printed table.
 
-Today the pipeline is: build the world (corpus, tokenizer, base LM) -> SFT -> evaluate base and
-SFT policies on held-out prompts (completion-format rate, EOS rate, gold reward, length).
-Later stages (reward model, PPO/DPO, feedback) extend this same entry point.
+The pipeline (rlhfkit/pipeline.py) on the synthetic world: world -> SFT -> collect samples ->
+simulated labelers (through the feedback store) -> reward model -> PPO and DPO -> evaluation of
+base, SFT, PPO and DPO on held-out prompts (gold reward, win rate vs SFT, KL) -> report.md.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ def world_config(output: Path, quick: bool) -> SynthConfig:
     return SynthConfig(output_dir=str(output / "world"))
 
 
+def sft_keys(quick: bool) -> dict:
+    """The demo's SFT settings (data paths are filled in by the caller)."""
+    return {"learning_rate": 1e-3, "per_device_batch_size": 16, "max_steps": 60 if quick else 250,
+            "warmup_ratio": 0.05, "max_length": 96, "log_every": 10, "eval_every": 0, "save_every": 50}
+
+
 def sft_config(world: Path, output: Path, quick: bool) -> SFTConfig:
-    return SFTConfig(
-        model=str(world / "base"), data=str(world / "sft.jsonl"), eval_data=str(world / "sft_eval.jsonl"),
-        output_dir=str(output / "sft"), learning_rate=1e-3, per_device_batch_size=16,
-        max_steps=60 if quick else 250, warmup_ratio=0.05, max_length=96, log_every=10,
-        eval_every=0, save_every=50,
-    )
+    return SFTConfig(model=str(world / "base"), data=str(world / "sft.jsonl"), eval_data=str(world / "sft_eval.jsonl"),
+                     output_dir=str(output / "sft"), **sft_keys(quick))
 
 
 def evaluate_policy(model_dir: str | Path, prompts: list[str], *, max_new_tokens: int = 48,
@@ -52,29 +54,66 @@ def evaluate_policy(model_dir: str | Path, prompts: list[str], *, max_new_tokens
     }
 
 
-def run_demo(output: str = "runs/demo", quick: bool = False) -> dict:
-    from rlhfkit.synthetic.world import build
-    from rlhfkit.train.sft import train as sft_train
-
+def demo_pipeline(output: str | Path, quick: bool) -> dict:
+    """The demo as a pipeline (examples/pipeline_demo.yaml is the full version, written out):
+    world -> SFT -> sample 6 completions per prompt (6 pairs each) -> 3 simulated labelers -> reward model ->
+    PPO and DPO from the SFT policy -> evaluation on held-out prompts -> report.md.
+    Budgets are chosen so the full demo finishes in about 5 minutes on 2 CPU cores."""
     out = Path(output)
-    world = build(world_config(out, quick))
-    cfg = sft_config(world, out, quick)
-    cfg.resume = True  # a re-run continues (or reuses) an interrupted or finished SFT run
-    sft_dir = sft_train(cfg)
-    prompts = [json.loads(ln)["prompt"] for ln in (world / "prompts_eval.jsonl").read_text().splitlines()]
-    prompts = prompts[:32 if quick else 100]
-    results = {"base": evaluate_policy(world / "base", prompts), "sft": evaluate_policy(sft_dir, prompts)}
-    summary = json.loads((out / "sft" / "summary.json").read_text())
-    table = {name: {k: v for k, v in r.items() if k != "samples"} for name, r in results.items()}
-    (out / "demo_results.json").write_text(json.dumps({"policies": results, "sft": summary}, indent=2))
-    print(f"\nrlhfkit demo ({'quick' if quick else 'full'}) — held-out prompts: {len(prompts)}")
-    print(f"SFT held-out loss: {summary['initial_eval_loss']:.3f} -> {summary['final_eval_loss']:.3f}")
-    print(f"{'policy':<8}{'format':>9}{'eos':>8}{'gold':>9}{'length':>9}")
-    for name, r in table.items():
-        print(f"{name:<8}{r['format_rate']:>9.2f}{r['eos_rate']:>8.2f}{r['gold_mean']:>9.3f}{r['length_mean']:>9.1f}")
-    for name, r in results.items():
-        print(f"\n{name} samples:")
-        for s in r["samples"][:3]:
-            print(f"  {s['prompt']!r} -> {s['completion']!r}")
-    print(f"\nresults: {out / 'demo_results.json'}")
-    return table
+    if quick:
+        world = world_config(out, quick).model_dump(mode="json", exclude={"output_dir"})
+    else:  # between the tests' world and `rlhf synth`'s default: fits the 5-minute budget
+        world = {**world_config(out, True).model_dump(mode="json", exclude={"output_dir"}),
+                 "n_docs": 3000, "pretrain_steps": 300, "n_sft": 2000, "n_prompts": 600}
+    w = "${world}"
+    sft = {"model": f"{w}/base", "data": f"{w}/sft.jsonl", "eval_data": f"{w}/sft_eval.jsonl",
+           **sft_keys(quick), "max_steps": 60 if quick else 120}
+    gen = {"max_new_tokens": 32, "max_length": 96}
+    return {
+        "output_dir": str(out), "seed": 0, "project": "demo", "rounds": 1, "world": world, "sft": sft,
+        "collect": {"prompts": f"{w}/prompts.jsonl", "num_samples": 6, "pairs_per_prompt": 6,
+                    "annotators_per_task": 1, "max_new_tokens": 48, "temperature": 1.0},
+        "label": {"mode": "simulate", "num_annotators": 3, "temperature": 0.1},
+        "export": {"aggregate": "judgement", "ties": "drop"},
+        "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "num_epochs": 2, "max_length": 96,
+                   "eval_fraction": 0.1, "warmup_ratio": 0.05, "log_every": 10},
+        "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "per_device_batch_size": 32, "mini_batch_size": 16,
+                       "ppo_epochs": 2, **gen, "max_steps": 10 if quick else 16, "log_every": 1,
+                       "eval_data": f"{w}/prompts_eval.jsonl", "eval_prompts": 32 if quick else 64,
+                       "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold_reward": True}},
+        "dpo": {"dpo": {"beta": 0.1, "learning_rate": 5e-4, "per_device_batch_size": 16,
+                        "max_steps": 100 if quick else 160, "max_length": 96, "warmup_ratio": 0.1, "log_every": 10,
+                        "eval_every": 50 if quick else 40, "eval_sample_prompts": 30, "gold_reward": True}},
+        "evaluate": {"prompts": f"{w}/prompts_eval.jsonl", "num_prompts": 100, "num_samples": 4,
+                     "max_new_tokens": 48},
+    }
+
+
+def run_demo(output: str = "runs/demo", quick: bool = False) -> dict:
+    """Run (or continue) the demo pipeline, print the final table and the report's path."""
+    from rlhfkit.config import PipelineConfig, config_from_dict
+    from rlhfkit.pipeline import Pipeline
+
+    cfg = config_from_dict(PipelineConfig, demo_pipeline(output, quick))
+    result = Pipeline(cfg).run()
+    evaluation = json.loads((Path(output) / "evaluate" / "evaluation.json").read_text())
+    table = final_table(evaluation)
+    print(f"\nrlhfkit demo ({'quick' if quick else 'full'}): policies sampled on held-out prompts; "
+          "win rate = gold reward beats the SFT model's on the same prompt (ties count half)")
+    print(table)
+    print(f"\nreport: {result['report']}")
+    return {"result": result, "evaluation": evaluation}
+
+
+def final_table(evaluation: dict) -> str:
+    """The printed table: gold, win rate vs SFT, KL to SFT, reward-model score, length per policy."""
+    rows = [f"{'policy':<10}{'gold':>8}{'win vs SFT':>13}{'KL(SFT)':>9}{'RM':>8}{'length':>8}"]
+    for name, p in evaluation["policies"].items():
+        def f(key: str, fmt: str = ".3f") -> str:
+            v = p.get(key)
+            return "-" if v is None else format(v, fmt)
+        win, se = p.get("win_rate"), p.get("win_rate_se") or 0.0
+        win_s = "-" if win is None else f"{100 * win:.0f}±{100 * se:.0f}%"
+        rows.append(f"{name:<10}{f('gold_mean'):>8}{win_s:>13}{f('kl', '.2f'):>9}{f('rm_mean'):>8}"
+                    f"{f('length_tokens', '.1f'):>8}")
+    return "\n".join(rows)

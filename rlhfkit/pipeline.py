@@ -48,6 +48,7 @@ WORLD = "${world}"
 # Keys whose values are input paths the user gives (checked before anything runs).
 PATH_KEYS = ("model", "tokenizer", "data", "eval_data", "prompts", "responses", "reward_model", "value_model",
              "ref_model", "guidelines")
+MODEL_KEYS = ("model", "tokenizer", "reward_model", "value_model", "ref_model")
 
 
 def _subst(value: Any, world: str | None) -> Any:
@@ -96,6 +97,11 @@ class Pipeline:
             self._check_paths()
             self._check_tokenizer()
             p = placeholder
+            if self.world is not None:  # the world is not built yet: its paths point at the placeholder
+                self.world = p
+                for where, value in self._user_paths():
+                    if value.startswith(p) and where.rsplit(".", 1)[-1] in MODEL_KEYS:
+                        Path(value).mkdir(parents=True, exist_ok=True)
             checks: list[tuple[str, type, dict]] = []
             if self.cfg.world is not None:
                 checks.append(("world", C.SynthConfig, {**self.section("world"), "output_dir": p}))
@@ -121,6 +127,7 @@ class Pipeline:
                 raise ConfigError("pipeline: `rl` needs a reward: add a `reward` section (train a reward model) "
                                   "or give reward_functions / reward_model in the rl entry")
         finally:
+            self.world = str(self.out / "world") if self.cfg.world is not None else None
             shutil.rmtree(placeholder, ignore_errors=True)
 
     def _user_paths(self) -> list[tuple[str, str]]:

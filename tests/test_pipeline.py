@@ -165,3 +165,21 @@ def test_demo_example_yaml_is_the_demo_pipeline():
 
     example = yaml.safe_load((Path(__file__).parents[1] / "examples" / "pipeline_demo.yaml").read_text())
     assert example == demo_pipeline("runs/demo", quick=False)
+
+
+def test_own_model_example_validates_with_real_paths(world, sft_model, tmp_path):
+    """examples/pipeline_own_model.yaml has only valid sections and keys: with its placeholder
+    paths pointed at real files it passes the whole up-front validation."""
+    from rlhfkit.config import load_config
+
+    guidelines = tmp_path / "guidelines.md"
+    guidelines.write_text("# Prefer the helpful answer\n")
+    example = Path(__file__).parents[1] / "examples" / "pipeline_own_model.yaml"
+    cfg = load_config(PipelineConfig, example, [
+        f"output_dir={tmp_path / 'own'}", f"sft.model={sft_model}", f"sft.data={world / 'sft.jsonl'}",
+        f"collect.prompts={world / 'prompts.jsonl'}", f"collect.guidelines={guidelines}",
+        f"evaluate.prompts={world / 'prompts_eval.jsonl'}"])
+    Pipeline(cfg).validate()
+    assert cfg.label["mode"] == "people" and cfg.rl["ppo"]["estimator"] == "ppo"
+    with pytest.raises(ConfigError, match="sft.model"):  # unedited, it names the placeholder path
+        Pipeline(load_config(PipelineConfig, example, [])).validate()

@@ -374,8 +374,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:  # a row that cannot be serialised, a full disk: keep the old file, drop the temp
+        tmp.unlink(missing_ok=True)
+        raise
     return out

@@ -180,8 +180,12 @@ class MetricsLog:
                 self.path.write_text("", encoding="utf-8")
             elif self.path.exists():
                 kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
-                        if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-                self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+                        if ln.strip() and (st := _step_of(ln)) is not None and st <= resume_step]
+                # Temp file + rename: truncating in place would lose the history to a kill
+                # between the truncate and the write.
+                tmp = self.path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+                os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
@@ -190,6 +194,15 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
         if self.acc.trackers:
             self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line; None for a line torn by a crash mid-write (it is dropped on
+    resume, and its step is logged again)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -212,12 +225,23 @@ class Checkpoints:
     A checkpoint is written into ``step-N.tmp`` and renamed to ``step-N`` only when complete;
     then ``latest`` is atomically replaced with its name. A crash mid-save therefore leaves the
     previous ``latest`` intact, and a leftover ``.tmp`` directory is ignored and cleaned up.
+
+    Retention: the last ``keep`` checkpoints, plus (with ``best_metric``) the one saved at the
+    step with the best value of that metric (``observe`` feeds it each step's metrics). The best
+    record travels in every checkpoint's state.json (``keep_best``), so a resumed run holds
+    exactly the record it had at that step, and is mirrored in ``best.json`` for people. Pruning
+    happens only after ``latest`` moved, so the record in the latest checkpoint always names a
+    directory that exists.
     """
 
-    def __init__(self, run_dir: Path, accelerator, keep: int = 2):
+    def __init__(self, run_dir: Path, accelerator, keep: int = 2, best_metric: str | None = None,
+                 best_mode: str = "max"):
         self.dir = run_dir / "checkpoints"
         self.acc = accelerator
         self.keep = keep
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step", "dir"}
+        self._seen: dict[int, float] = {}  # step -> watched metric, until that step is saved
 
     def latest(self) -> Path | None:
         marker = self.dir / "latest"
@@ -226,9 +250,37 @@ class Checkpoints:
         path = self.dir / marker.read_text(encoding="utf-8").strip()
         return path if (path / "state.json").is_file() else None
 
+    def _beats_best(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
+
+    def observe(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Note the watched metric of ``step``; True when it beats the best checkpoint so far
+        (the caller then checkpoints this step even if no save is due)."""
+        value = metrics.get(self.best_metric) if self.best_metric else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        self._seen[step] = float(value)
+        return self._beats_best(float(value))
+
     def save(self, step: int, state: dict[str, Any]) -> Path:
         final = self.dir / f"step-{step:08d}"
         tmp = self.dir / f"step-{step:08d}.tmp"
+        current = self.latest()
+        if current is not None and current.name == final.name:
+            # Resumed from this very step (a run killed after its final checkpoint): the state
+            # on disk is the one just loaded. Rewriting it would delete the checkpoint `latest`
+            # names until the rename, and a kill in that window would lose the whole run.
+            return final
+        value = self._seen.get(step)
+        self._seen = {s: v for s, v in self._seen.items() if s > step}  # older steps can no longer be saved
+        if value is not None and self._beats_best(value):
+            self.best = {"metric": self.best_metric, "mode": self.best_mode, "value": value, "step": step,
+                         "dir": str(final)}
+        if state.get("final") and self.best_metric and self.best is None:
+            log.warning("keep_best_metric '%s' was never logged (it must be a metrics.jsonl key); "
+                        "no best checkpoint kept", self.best_metric)
         if self.acc.is_main_process:
             self.dir.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -238,13 +290,15 @@ class Checkpoints:
         self.acc.save_state(str(tmp), safe_serialization=True)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            write_json(tmp / "state.json", {"step": step, **state})
+            write_json(tmp / "state.json", {"step": step, **state, "keep_best": self.best})
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             marker_tmp = self.dir / "latest.tmp"
             marker_tmp.write_text(final.name, encoding="utf-8")
             os.replace(marker_tmp, self.dir / "latest")
+            if self.best is not None:
+                write_json(self.dir / "best.json", self.best)
             self._prune(keep_name=final.name)
         self.acc.wait_for_everyone()
         return final
@@ -252,12 +306,17 @@ class Checkpoints:
     def load(self, path: Path) -> dict[str, Any]:
         """Restore model/optimizer/scheduler/RNG states (weights_only loads) and return state.json."""
         self.acc.load_state(str(path))
-        return json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        self.best = state.get("keep_best")
+        return state
 
     def _prune(self, keep_name: str) -> None:
         done = sorted(p for p in self.dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for p in done[:-self.keep]:
-            if p.name != keep_name:
+        kept = {keep_name, *(p.name for p in done[-self.keep:])}
+        if self.best is not None:
+            kept.add(Path(self.best["dir"]).name)
+        for p in done:
+            if p.name not in kept:
                 shutil.rmtree(p, ignore_errors=True)
         for p in self.dir.glob("step-*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
@@ -280,7 +339,9 @@ class RunState:
 
     def __init__(self, cfg, accelerator, run_dir: Path):
         self.cfg = cfg
-        self.ckpts = Checkpoints(run_dir, accelerator, keep=cfg.keep_checkpoints)
+        self.ckpts = Checkpoints(run_dir, accelerator, keep=cfg.keep_checkpoints,
+                                 best_metric=getattr(cfg, "keep_best_metric", None),
+                                 best_mode=getattr(cfg, "keep_best_mode", "max"))
         self.start = 0
         if cfg.resume and (latest := self.ckpts.latest()) is not None:
             self.start = self.ckpts.load(latest)["step"]
@@ -288,6 +349,7 @@ class RunState:
         self.metrics = MetricsLog(run_dir, accelerator, resume_step=self.start)
         self.run_dir = run_dir
         self.skipped = 0
+        self.new_best_at: int | None = None  # a step whose metric beat the best checkpoint
 
     def initial_eval(self, evaluate) -> dict:
         """The step-0 evaluation: run and logged on a fresh run, read back from metrics.jsonl
@@ -311,6 +373,8 @@ class RunState:
             row.update({k: v for k, v in result.items() if not k.startswith("_")})
         if row:
             self.metrics.log(done, row)
+        if self.ckpts.observe(done, {**train_metrics, **(result or {})}):
+            self.new_best_at = done
         return result
 
     def nonfinite(self, done: int, loss: float) -> None:
@@ -331,7 +395,8 @@ class RunState:
     def after_step(self, done: int, n_steps: int, state: dict) -> bool:
         """Save a checkpoint when due; True when this invocation should stop (``stop_after``)."""
         stop = bool(self.cfg.stop_after and done - self.start >= self.cfg.stop_after and done < n_steps)
-        if stop or (self.cfg.save_every and done % self.cfg.save_every == 0 and done < n_steps):
+        due = bool(self.cfg.save_every and done % self.cfg.save_every == 0)
+        if stop or ((due or self.new_best_at == done) and done < n_steps):
             self.ckpts.save(done, state)
         if stop:
             log.info("stopped after %d steps at step %d; rerun with resume=true", self.cfg.stop_after, done)

@@ -1,0 +1,1 @@
+"""Test-support tools that ship with the package (the SIGKILL-and-resume harness)."""

@@ -368,3 +368,15 @@ def test_yaml_constructor_failures_are_config_errors(tmp_path, model_dir):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(SFTConfig, None, [f"model={model_dir}", "data=d.jsonl", bad])
     assert math.isnan(parse_overrides(["x=.nan"])["x"])
+
+
+def test_gold_score_names_the_source_line_past_blank_lines(tmp_path):
+    from rlhfkit.config import GoldScoreConfig
+    from rlhfkit.errors import DataError
+    from rlhfkit.synthetic.world import gold_score_file
+
+    src = tmp_path / "c.jsonl"
+    src.write_text('{"completion": "fine ."}\n\n\n{"completion": 3}\n')
+    with pytest.raises(DataError, match="row 4") as e:
+        gold_score_file(GoldScoreConfig(input=str(src), output=str(tmp_path / "out.jsonl")))
+    assert "completion" in str(e.value)

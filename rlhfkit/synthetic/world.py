@@ -142,11 +142,12 @@ def gold_score_file(cfg: GoldScoreConfig) -> Path:
     from rlhfkit.data.loading import read_records
 
     rows = read_records(cfg.input)
-    for i, r in enumerate(rows, start=1):
+    for i, r in enumerate(rows):
         v = r.get(cfg.completion_field)
-        if not isinstance(v, str):
+        if not isinstance(v, str):  # name the source line, not the position (JSONL may have blank lines)
+            row = rows.row_numbers[i] if rows.row_numbers else i + 1
             raise DataError("missing" if v is None else f"expected a string, got {type(v).__name__}",
-                            source=cfg.input, row=i, field=cfg.completion_field)
+                            source=cfg.input, row=row, field=cfg.completion_field)
     prompts = [r.get("prompt") if isinstance(r.get("prompt"), str) else None for r in rows]
     scores = gold_rewards([r[cfg.completion_field] for r in rows], prompts if all(prompts) else None)
     out = write_jsonl(cfg.output, [{**r, cfg.score_field: s} for r, s in zip(rows, scores)])

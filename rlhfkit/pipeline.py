@@ -179,7 +179,8 @@ class Pipeline:
                         selection_model: str | None = None) -> dict:
         sec = self.section("collect")
         kw = {**sec, "store": self.store, "project": self.cfg.project, "models": models,
-              "seed": sec.get("seed", self.cfg.seed) + 1000 * (round_ - 1)}
+              "seed": sec.get("seed", self.cfg.seed) + 1000 * (round_ - 1),
+              "output_dir": str(self.out / f"round{round_}" / "collect")}
         if sec.get("select") == "uncertain":
             if selection_model:
                 kw["selection_model"] = selection_model
@@ -193,10 +194,12 @@ class Pipeline:
         sec = {k: v for k, v in self.section("label").items() if k not in ("mode", "target", "poll_seconds",
                                                                            "timeout_seconds")}
         return {**sec, "store": self.store, "project": self.cfg.project,
-                "seed": sec.get("seed", self.cfg.seed) + 1000 * (round_ - 1)}
+                "seed": sec.get("seed", self.cfg.seed) + 1000 * (round_ - 1),
+                "output_dir": str(self.out / f"round{round_}" / "label")}
 
     def _export_kwargs(self, output: Path) -> dict:
-        return {**self.section("export"), "store": self.store, "project": self.cfg.project, "output": str(output)}
+        return {**self.section("export"), "store": self.store, "project": self.cfg.project, "output": str(output),
+                "output_dir": str(Path(output).parent / "export")}
 
     def _reward_kwargs(self, model: str, data: str, out: str) -> dict:
         return {"model": model, **self.section("reward"), "data": data, "output_dir": out, "resume": True}

@@ -50,9 +50,10 @@ class RewardScorer:
         self.max_length = max_length
         self.device = device
 
-    def score(self, prompts: list[str], responses: list[str], *, batch_size: int = 32,
-              normalized: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (mean reward (N,), std across ensemble members (N,); zeros for one model)."""
+    def score_members(self, prompts: list[str], responses: list[str], *, batch_size: int = 32,
+                      normalized: bool = True) -> np.ndarray:
+        """Every member's reward, shape (M members, N rows); one row (1, N) for a single model.
+        Active selection needs the members apart: their disagreement is the uncertainty."""
         pairs = encode_prompt_response(self.tokenizer, prompts, responses, max_length=self.max_length)
         per_model = np.zeros((len(self.models), len(pairs)))
         for start in range(0, len(pairs), batch_size):
@@ -66,6 +67,12 @@ class RewardScorer:
                 if normalized:
                     r = (r - getattr(model.config, REWARD_OFFSET, 0.0)) / getattr(model.config, REWARD_SCALE, 1.0)
                 per_model[k, start:start + len(seqs)] = r
+        return per_model
+
+    def score(self, prompts: list[str], responses: list[str], *, batch_size: int = 32,
+              normalized: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (mean reward (N,), std across ensemble members (N,); zeros for one model)."""
+        per_model = self.score_members(prompts, responses, batch_size=batch_size, normalized=normalized)
         return per_model.mean(0), per_model.std(0)
 
 

@@ -7,9 +7,16 @@ are drawn without replacement, preferring sets that span more models: comparing 
 other is what a leaderboard and a reward model learn most from, and two samples of one model are
 often near-duplicates.
 
+Active selection (``select=uncertain``, pairs only): every candidate response is scored once by
+``selection_model`` (a reward model or ensemble), and per prompt the pairs whose preference it is
+least sure of come first -- the binary entropy of p = mean over members of sigmoid(r_a - r_b),
+high where the members disagree or each puts the two responses close (uncertainty sampling;
+Christiano et al. 2017 used ensemble disagreement). Whether that saves labels depends on the
+data: bench/active_selection.py measures it against random selection on the synthetic world.
+
 Idempotent: prompts and responses are keyed on their text (and model id) in the store, and a prompt
-that already has ``pairs_per_prompt`` tasks gets no more; so re-running the same command adds
-nothing. Deterministic for a seed: sampling is seeded, and task selection uses its own generator.
+that already has ``pairs_per_prompt`` tasks among this run's responses gets no more; so re-running
+the same command adds nothing, while new responses (a later round's policy) get tasks of their own. Deterministic for a seed: sampling is seeded, and task selection uses its own generator.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ def collect(cfg: CollectConfig) -> dict:
             "prompts_without_task": made["too_few"],
             "tasks_total": after["tasks"],
         }
+        if "selection" in made:
+            summary["selection"] = made["selection"]
     finally:
         store.close()
     save_config(cfg, cfg.output_dir)
@@ -174,27 +183,120 @@ def _make_tasks(store, cfg: CollectConfig, response_ids: dict[str, list[tuple[in
     existing = _existing_sets(store, cfg.project)
     n_cal = sum(1 for _, cal in existing.values() if cal)
     rng = np.random.default_rng(cfg.seed)
-    made = {"tasks": 0, "calibration": 0, "too_few": 0}
+    made: dict = {"tasks": 0, "calibration": 0, "too_few": 0}
+    work = []  # (prompt, candidates, existing sets of the prompt, how many to make)
     for prompt, items in response_ids.items():
-        by_text: dict[str, tuple[int, str]] = {}
+        by_text: dict[str, tuple[int, str, str]] = {}
         for rid, text, model in items:
-            by_text.setdefault(text, (rid, model))  # identical texts cannot be compared
-        cands = list(by_text.values())  # (response id, model)
+            by_text.setdefault(text, (rid, model, text))  # identical texts cannot be compared
+        cands = list(by_text.values())  # (response id, model, text)
         if len(cands) < cfg.task_size:
             made["too_few"] += 1
             continue
-        have = [s for s, (p, _) in existing.items() if p == prompt]
+        # Only the tasks among this run's responses count: a re-run of the same command finds them all
+        # (idempotent), while a later round's new samples get their own pairs_per_prompt tasks.
+        mine = {rid for rid, _, _ in items}
+        have = [s for s, (p, _) in existing.items() if p == prompt and s <= mine]
         todo = cfg.pairs_per_prompt - len(have)
-        if todo <= 0:
-            continue
-        for ids in _choose_sets(cands, cfg.task_size, todo, set(have), rng):
+        if todo > 0:  # a prompt with all its tasks needs no scoring either: re-runs stay cheap
+            work.append((prompt, cands, set(have), todo))
+    if cfg.select == "uncertain":
+        rewards = _member_rewards(cfg, work)
+        chosen_u, all_u = [], []
+    for w, (prompt, cands, have, todo) in enumerate(work):
+        if cfg.select == "uncertain":
+            ranked, ent = rank_pairs_by_uncertainty(rewards[w], rng)
+            sets = _take_pairs(cands, ranked, todo, have, rng)
+            picked = {frozenset(ids) for ids in sets}
+            all_u.extend(ent.values())
+            chosen_u.extend(e for (i, j), e in ent.items() if frozenset((cands[i][0], cands[j][0])) in picked)
+        else:
+            sets = _choose_sets([(rid, model) for rid, model, _ in cands], cfg.task_size, todo, have, rng)
+        for ids in sets:
             cal = n_cal < cfg.calibration
             store.create_task(cfg.project, ids, calibration=cal)
             existing[frozenset(ids)] = (prompt, cal)
             n_cal += cal
             made["tasks"] += 1
             made["calibration"] += cal
+    if cfg.select == "uncertain":
+        made["selection"] = {
+            "select": "uncertain", "selection_model": str(cfg.selection_model),
+            "members": int(rewards[0].shape[0]) if rewards else None,
+            "candidate_pairs": len(all_u), "chosen_pairs": len(chosen_u),
+            # bits: 1 = a coin flip for the reward model, 0 = certain
+            "uncertainty_chosen_mean": float(np.mean(chosen_u)) if chosen_u else None,
+            "uncertainty_all_mean": float(np.mean(all_u)) if all_u else None,
+        }
     return made
+
+
+def _member_rewards(cfg: CollectConfig, work: list) -> list[np.ndarray]:
+    """Per work item, the selection model's rewards of its candidates, (M members, m candidates);
+    all candidates of all prompts scored in one batched pass."""
+    if not work:
+        return []
+    from rlhfkit.scoring import RewardScorer
+
+    try:
+        scorer = RewardScorer(cfg.selection_model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"selection_model '{cfg.selection_model}' cannot be loaded as a reward model: "
+                          f"{e}") from None
+    prompts = [prompt for prompt, cands, _, _ in work for _ in cands]
+    texts = [text for _, cands, _, _ in work for _, _, text in cands]
+    flat = scorer.score_members(prompts, texts, batch_size=cfg.batch_size)  # (M, total candidates)
+    out, start = [], 0
+    for _, cands, _, _ in work:
+        out.append(flat[:, start:start + len(cands)])
+        start += len(cands)
+    return out
+
+
+def preference_entropy(rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
+    """Predictive uncertainty of "A preferred to B", in bits, per pair.
+
+    ``rewards_a``, ``rewards_b``: (M members, P pairs) (or (P,) for one model). Each member gives
+    the Bradley-Terry probability sigmoid(r_a - r_b); their mean p is the ensemble's prediction,
+    and its binary entropy -p log2 p - (1-p) log2 (1-p) is 1 for a coin flip -- members that
+    disagree (+3 and -3) or all see the pair as close -- and 0 for a sure call."""
+    ra = np.atleast_2d(np.asarray(rewards_a, dtype=np.float64))  # (M, P)
+    rb = np.atleast_2d(np.asarray(rewards_b, dtype=np.float64))  # (M, P)
+    p = (1.0 / (1.0 + np.exp(-(ra - rb)))).mean(0)  # (P,)
+    p = np.clip(p, 1e-12, 1 - 1e-12)  # 0 log 0 = 0
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def rank_pairs_by_uncertainty(rewards: np.ndarray, rng: np.random.Generator
+                              ) -> tuple[list[tuple[int, int]], dict[tuple[int, int], float]]:
+    """All pairs (i < j) of m candidates, most uncertain first, and each pair's entropy.
+
+    ``rewards``: (M members, m candidates). Equal entropies are ordered at random (``rng``), so
+    that, e.g., an untrained model's all-zero scores reduce to random selection."""
+    r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))  # (M, m)
+    pairs = list(itertools.combinations(range(r.shape[1]), 2))
+    if not pairs:
+        return [], {}
+    i, j = np.array(pairs).T  # (P,) each
+    ent = preference_entropy(r[:, i], r[:, j])  # (P,)
+    shuffled = rng.permutation(len(pairs))
+    # Rounded so float noise in equal-looking scores does not decide; stable sort keeps the shuffle.
+    order = shuffled[np.argsort(-np.round(ent[shuffled], 12), kind="stable")]
+    return [pairs[k] for k in order], {pairs[k]: float(ent[k]) for k in range(len(pairs))}
+
+
+def _take_pairs(cands: list[tuple[int, str, str]], ranked: list[tuple[int, int]], n: int, taken: set,
+                rng: np.random.Generator) -> list[list[int]]:
+    """The first ``n`` ranked pairs that are not tasks yet, as response ids in random order."""
+    out: list[list[int]] = []
+    for i, j in ranked:
+        ids = [cands[i][0], cands[j][0]]
+        if frozenset(ids) in taken:
+            continue
+        out.append([ids[k] for k in rng.permutation(2)])
+        if len(out) == n:
+            break
+    return out
 
 
 def _existing_sets(store, project: str) -> dict[frozenset, tuple[str, bool]]:

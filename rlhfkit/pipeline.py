@@ -94,6 +94,7 @@ class Pipeline:
 
         placeholder = tempfile.mkdtemp(prefix="rlhfkit-validate-")
         try:
+            self._check_owned_keys()
             self._check_paths()
             self._check_tokenizer()
             p = placeholder
@@ -129,6 +130,18 @@ class Pipeline:
         finally:
             self.world = str(self.out / "world") if self.cfg.world is not None else None
             shutil.rmtree(placeholder, ignore_errors=True)
+
+    def _check_owned_keys(self) -> None:
+        """The pipeline places every stage's run directory and the feedback store itself (item 1);
+        a section that sets them would be silently overridden, so it is an error instead."""
+        owned = {"output_dir", "store", "project"}
+        sections = [(n, self.section(n)) for n in ("world", "sft", "collect", "label", "reward", "evaluate")]
+        for group in ("rl", "dpo"):
+            sections += [(f"{group}.{run}", sec) for run, sec in (getattr(self.cfg, group) or {}).items()]
+        for where, sec in sections:
+            for key in sorted(owned & set(sec or {})):
+                raise ConfigError(f"pipeline section '{where}': `{key}` is set by the pipeline "
+                                  f"(run directories live under output_dir = {self.cfg.output_dir}); remove it")
 
     def _user_paths(self) -> list[tuple[str, str]]:
         found = []

@@ -191,8 +191,7 @@ def test_pipeline_round_two_selects_with_round_one_reward_model(world, sft_model
     spec = {
         "output_dir": str(tmp_path / "p"), "project": "t", "policy": str(sft_model), "rounds": 2,
         "collect": {"prompts": str(world / "prompts.jsonl"), "max_prompts": 16, "num_samples": 4,
-                    "pairs_per_prompt": 1, "max_new_tokens": 16, "select": "uncertain",
-                    "output_dir": str(tmp_path / "collect")},
+                    "pairs_per_prompt": 1, "max_new_tokens": 16, "select": "uncertain"},
         "label": {"mode": "simulate", "num_annotators": 1, "temperature": 0.1},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 8, "max_steps": 3, "max_length": 64,
                    "log_every": 1},
@@ -202,6 +201,6 @@ def test_pipeline_round_two_selects_with_round_one_reward_model(world, sft_model
     }
     result = Pipeline(config_from_dict(PipelineConfig, spec)).run()
     assert len(result["rounds"]) == 2
-    sel = json.loads((tmp_path / "collect" / "summary.json").read_text())["selection"]  # round 2's
+    sel = json.loads((tmp_path / "p" / "round2" / "collect" / "summary.json").read_text())["selection"]  # round 2's
     assert sel["selection_model"] == str(result["rounds"][0]["reward"])
     assert sel["chosen_pairs"] > 0 and sel["uncertainty_chosen_mean"] >= sel["uncertainty_all_mean"]

@@ -140,6 +140,9 @@ def test_mistakes_fail_before_anything_runs(world, sft_model, tmp_path):
     fails("rl.ppo", rl={"ppo": {"estimator": "ppo", "learning_rat": 1e-4}})
     fails("does not exist", collect={"prompts": str(tmp_path / "missing.jsonl")})
     fails("does not exist", policy=str(tmp_path / "no-model"))
+    # a directory the pipeline places itself would be silently ignored: named instead
+    fails("'collect': `output_dir` is set by the pipeline", collect={"prompts": str(world / "prompts.jsonl"),
+                                                                   "output_dir": str(tmp_path / "c")})
     # a tokenizer from another model: more tokens than the policy's embedding
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

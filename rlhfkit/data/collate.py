@@ -96,6 +96,16 @@ def pack(ds, block_size: int):
         {"input_ids": blocks_ids, "completion_mask": blocks_mask, "position_ids": blocks_pos})
 
 
+def take(ds, indices: list[int]) -> list[dict]:
+    """Rows ``indices`` of a ``datasets.Dataset`` as a list of dicts, for a collator.
+
+    One columnar read (``ds[indices]``) instead of ``ds.select(indices).to_list()``, which builds
+    an indices-mapped Dataset on every call: 0.2 ms instead of 2.8 ms for 16 pairs, which was
+    ~10% of a tiny model's training step (bench/reward_vs_trl.py profile)."""
+    cols = ds[indices]
+    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) 0/1 mask -> (B, T) positions counting real tokens only, 0 on padding."""
     mask = attention_mask.long()

@@ -103,12 +103,14 @@ def truncate_after_eos(new_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple
 def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
                      max_new_tokens: int = 48, temperature: float = 0.7, top_k: int = 0,
                      top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
-                     prompt_ids: list[list[int]] | None = None) -> Rollout:
+                     prompt_ids: list[list[int]] | None = None, compute_logprobs: bool = True) -> Rollout:
     """Sample ``num_samples`` responses per prompt and build a :class:`Rollout`.
 
     ``prompt_ids`` may be given instead of tokenising ``prompts`` (they must not end in EOS).
     ``seed`` reseeds the global generator that ``generate`` draws from; None leaves it alone (a
-    training loop that checkpoints RNG state wants that).
+    training loop that checkpoints RNG state wants that). ``compute_logprobs=False`` skips the
+    policy forward and leaves ``logprobs`` zero, for a caller that takes them from its own
+    training forward (one update over the whole rollout: the ratio is 1 either way).
     """
     if temperature <= 0:
         raise ValueError("rollouts sample: temperature must be > 0 (log-probs divide by it)")
@@ -154,9 +156,12 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
     response_mask = torch.cat([torch.zeros_like(prompt_batch["attention_mask"]), resp_mask], dim=1)
     position_ids = position_ids_from_mask(attention_mask)
     t1 = time.perf_counter()
-    logprobs = forward_logprobs(model, input_ids.to(device), attention_mask.to(device),
-                                position_ids.to(device), response_mask.to(device),
-                                temperature=temperature, batch_size=batch_size).cpu()
+    if compute_logprobs:
+        logprobs = forward_logprobs(model, input_ids.to(device), attention_mask.to(device),
+                                    position_ids.to(device), response_mask.to(device),
+                                    temperature=temperature, batch_size=batch_size).cpu()
+    else:
+        logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1)
     logprob_seconds = time.perf_counter() - t1
     model.train(was_training)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import DPOConfig
-from rlhfkit.data.collate import PairCollator, response_batch, tokenize_pairs
+from rlhfkit.data.collate import PairCollator, response_batch, take, tokenize_pairs
 from rlhfkit.errors import DataError
 from rlhfkit.logprobs import sequence_logprobs
 from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
@@ -173,7 +173,7 @@ def train(cfg: DPOConfig) -> Path:
                                  accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world))
         sums = dict.fromkeys(("loss", *PAIR_METRICS, *(("nll",) if cfg.rpo_alpha else ())), 0.0)
         for j, mb in enumerate(mbs):
-            b = to_device(collate(train_ds.select(mb).to_list()))
+            b = to_device(collate(take(train_ds, mb)))
             ref_c, ref_r = step_refs("train", mb, b)  # before the policy forward: LoRA toggles the adapter
             sync = j == len(mbs) - 1
             with nullcontext() if sync else acc.no_sync(model):

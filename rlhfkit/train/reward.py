@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from rlhfkit.config import RewardConfig, save_config
-from rlhfkit.data.collate import PairCollator, RankingCollator, tokenize_pairs, tokenize_rankings
+from rlhfkit.data.collate import PairCollator, RankingCollator, take, tokenize_pairs, tokenize_rankings
 from rlhfkit.data.formats import detect_format
 from rlhfkit.data.loading import read_records
 from rlhfkit.evaluate.metrics import (accuracy_by_strength, expected_calibration_error, length_bias_audit,
@@ -207,7 +207,7 @@ def _train_one(cfg: RewardConfig) -> Path:
     t0, last_eval = time.time(), initial_eval
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
-        batches = [collate(train_ds.select(mb).to_list())
+        batches = [collate(take(train_ds, mb))
                    for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
                                            accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
         # Units (pairs, or prompts for rankings) in the whole step on all processes; each micro

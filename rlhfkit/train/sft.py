@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.data.collate import SFTCollator, pack, tokenize_sft
+from rlhfkit.data.collate import SFTCollator, pack, take, tokenize_sft
 from rlhfkit.losses import IGNORE_INDEX, token_nll
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
@@ -95,7 +95,7 @@ def train(cfg: SFTConfig) -> Path:
     t0, tokens_seen, last_eval = time.time(), 0.0, initial_eval
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
-        batches = [collate(train_ds.select(mb).to_list())
+        batches = [collate(take(train_ds, mb))
                    for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
                                            accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
         # Item 3: normalise by the loss-token count of the whole step on all processes. DDP

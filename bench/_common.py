@@ -1,0 +1,330 @@
+"""Shared machinery of the ``bench/*_vs_trl.py`` scripts (not a test, not part of the package).
+
+Every comparison follows one structure:
+
+* the parent process builds (or reuses) the quick synthetic world, its SFT policy, a ~20M-param
+  Llama with the world's tokenizer, and the synthetic preference pairs, all cached under the
+  output directory so a rerun only measures;
+* it measures this machine's fp32 matmul peak (``torch.mm`` of square fp32 matrices, best of
+  several, same thread count) in the same run, before and after the A/B runs (the larger wins,
+  so a busy moment cannot inflate MFU);
+* it runs each side in a fresh child process (``--worker SIDE``), alternating A B A B so drift
+  in machine load hits both sides alike; every child reports its own throughput, loop time and
+  peak RSS (``resource.getrusage`` in the child, so the two sides never share a high-water mark);
+* medians over rounds, the ratio ours / TRL, the RSS ratio and the MFU go into one JSON line on
+  stdout and ``<output>/<bench>.json``.
+
+Timers cover the training loop only. For rlhfkit the loop is bracketed by the stage's progress
+bar (created right before the first step, closed right after the last one; the patched
+``progress`` records both instants), which leaves out model loading, tokenisation, the step-0
+evaluation and the final checkpoint; for TRL it is ``train_runtime`` of ``Trainer.train()``.
+Anything rlhfkit does *before* the loop that belongs to the training work (the DPO reference
+pass of ``precompute_ref_logprobs``) is timed separately and added back.
+
+MFU: training FLOPs = 6 x N x tokens (forward 2N + backward 4N per token), N = the parameters
+that take part in matmuls, i.e. all parameters except the input embedding table (a lookup), the
+LM head / score head included; attention's own T^2 term is left out (T <= 128 here, under 2% of
+the count). Tokens are the non-pad tokens of the sequences trained on. MFU = (FLOPs / loop
+seconds) / measured peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_OUTPUT = "runs/bench"
+# The ~20M-parameter Llama: 8 layers of width 384 (MLP 1536) over the world's 1024-token vocab:
+# 8 x (4 x 384^2 + 3 x 384 x 1536) = 18.9M in the blocks, 0.4M in the LM head, 0.4M embedding.
+LLAMA20M = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=6,
+                num_key_value_heads=6, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+class LoopTimer:
+    """Patch ``module.progress`` so the stage's own progress bar brackets the timed loop.
+
+    The bar is created right before the first training step and closed right after the last one
+    in every rlhfkit stage, so (close - create) is the loop alone. The patched bar is the real
+    one (disabled output is unchanged); only two timestamps are added."""
+
+    def __init__(self, module):
+        self.start = self.end = None
+        real = module.progress
+
+        def progress(*args, **kwargs):
+            bar = real(*args, **kwargs)
+            close = bar.close
+
+            def timed_close():
+                if self.end is None:
+                    self.end = time.perf_counter()
+                close()
+
+            bar.close = timed_close
+            self.start = time.perf_counter()
+            return bar
+
+        module.progress = progress
+
+    @property
+    def seconds(self) -> float:
+        if self.start is None or self.end is None:
+            raise RuntimeError("the training loop was never bracketed by the progress bar")
+        return self.end - self.start
+
+
+def timed(module, name: str) -> list[float]:
+    """Wrap ``module.name`` so each call's wall time is appended to the returned list."""
+    spent: list[float] = []
+    fn = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    setattr(module, name, wrapper)
+    return spent
+
+
+def child(run: Callable[[argparse.Namespace, Path], dict], a: argparse.Namespace) -> None:
+    """Run one side in this (fresh) process and print its RESULT line."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory(prefix=f"bench_{a.worker}_") as d:
+        res = run(a, Path(d))
+    res["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def prepare_world(out: Path) -> tuple[Path, Path]:
+    """The quick synthetic world and its SFT policy under ``out`` (reused when present)."""
+    from rlhfkit.demo import sft_config, world_config
+    from rlhfkit.synthetic.world import build
+    from rlhfkit.train.sft import train as sft_train
+
+    world = build(world_config(out, quick=True))
+    sft = Path(sft_config(world, out, quick=True).output_dir) / "final"
+    if not (sft / "config.json").exists():
+        cfg = sft_config(world, out, quick=True)
+        cfg.resume = True  # a rerun continues an interrupted SFT run
+        sft = Path(sft_train(cfg))
+    return Path(world), sft
+
+
+def make_llama20m(sft: Path, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised ~20M-param Llama with the world's tokenizer, as an HF directory.
+    Random weights are fine for throughput: both sides run the same weights, and in RL both
+    then sample to the length limit (a random policy rarely emits EOS), which is identical work."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = out / "llama20m"
+    if (path / "config.json").exists():
+        return path
+    tok = AutoTokenizer.from_pretrained(sft)
+    base = AutoConfig.from_pretrained(sft)
+    cfg = LlamaConfig(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
+                      pad_token_id=base.pad_token_id, **LLAMA20M)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    tmp = out / "llama20m.tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def make_pairs(world: Path, out: Path, n: int = 2000, seed: int = 0) -> Path:
+    """Preference pairs from the SFT data: chosen = the row's own completion, rejected = another
+    row's completion (a deterministic derangement). Content does not matter for throughput; both
+    sides read the same file."""
+    path = out / "pairs.jsonl"
+    if path.exists() and sum(1 for _ in path.open()) >= n:
+        return path
+    rows = [json.loads(ln) for ln in (world / "sft.jsonl").read_text().splitlines() if ln.strip()]
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    lines = []
+    for k in range(min(n, len(rows))):
+        i, j = order[k], order[(k + 1) % len(order)]
+        lines.append(json.dumps({"prompt": rows[i]["prompt"], "chosen": rows[i]["completion"],
+                                 "rejected": rows[j]["completion"]}))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def subset(src: Path, n: int, dst: Path) -> Path:
+    """The first ``n`` rows of a JSONL file: with n = steps x batch both sides train exactly one
+    epoch over the same rows (each row once), so the work is identical up to batch order."""
+    lines = [ln for ln in src.read_text().splitlines() if ln.strip()]
+    if len(lines) < n:
+        raise SystemExit(f"{src} has {len(lines)} rows, {n} needed (lower --steps or the batch size)")
+    dst.write_text("\n".join(lines[:n]) + "\n")
+    return dst
+
+
+def matmul_params(model_dir: Path, seq_cls: bool = False) -> int:
+    """N of the 6·N·tokens count: every parameter except the input embedding table; for a
+    sequence classifier the LM head is replaced by the (1-output) score head."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    if cfg.tie_word_embeddings:  # the tied LM head is still a (d x V) matmul per token
+        n += cfg.vocab_size * cfg.hidden_size
+    if seq_cls:
+        n -= cfg.vocab_size * cfg.hidden_size - cfg.hidden_size
+    return n
+
+
+def matmul_peak_gflops(threads: int, size: int = 1536, repeats: int = 7) -> float:
+    """Best-of-``repeats`` fp32 GFLOP/s of a square torch.mm at ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g)
+    b = torch.randn(size, size, generator=g)
+    c = torch.empty(size, size)
+    torch.mm(a, b, out=c)  # warm-up: first call pays for allocation and dispatch
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size ** 3 / best / 1e9
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+    import trl
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__}
+
+
+def ab_runs(script: str, args: list[str], sides: list[str], rounds: int, threads: int,
+            metric: str, label: str = "") -> dict[str, list[dict]]:
+    """Alternate ``sides`` (A B C A B C ...) ``rounds`` times, each in a fresh child process."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(rounds):
+        for side in sides:
+            cmd = [sys.executable, script, *args, "--threads", str(threads), "--worker", side]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("RESULT ")), None)
+            if p.returncode or line is None:
+                sys.stderr.write(p.stdout[-4000:] + p.stderr[-4000:])
+                raise SystemExit(f"{label} {side} run {r} failed (rc {p.returncode})")
+            res = json.loads(line[len("RESULT "):])
+            runs[side].append(res)
+            print(f"{label} round {r} {side}: {res[metric]:.2f} {metric}, {res['peak_rss_mb']:.0f} MB",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
+def summarise(runs: dict[str, list[dict]], metric: str, pairs: list[tuple[str, str]],
+              flops_per_unit: dict[str, float] | None = None) -> dict:
+    """Medians per side, ratio and RSS ratio per (ours, trl) pair; FLOPs per unit for `add_mfu`."""
+    med = {s: statistics.median(x[metric] for x in v) for s, v in runs.items()}
+    rss = {s: statistics.median(x["peak_rss_mb"] for x in v) for s, v in runs.items()}
+    out: dict = {"median": {s: round(v, 3) for s, v in med.items()},
+                 "peak_rss_mb": {s: round(v, 1) for s, v in rss.items()},
+                 "ratios": {f"{a}/{b}": {"throughput": round(med[a] / med[b], 3),
+                                         "peak_rss": round(rss[a] / rss[b], 3)} for a, b in pairs}}
+    if flops_per_unit:
+        out["flops_per_unit"] = {s: f for s, f in flops_per_unit.items() if s in med}
+    out["runs"] = {s: [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in x.items()} for x in v]
+                   for s, v in runs.items()}
+    return out
+
+
+def add_mfu(models: dict[str, dict], peak_gflops: float) -> None:
+    """MFU per side = median units/s x FLOPs per unit / measured peak (in place)."""
+    for res in models.values():
+        fpu = res.get("flops_per_unit")
+        if fpu:
+            res["mfu"] = {s: round(res["median"][s] * f / (peak_gflops * 1e9), 4) for s, f in fpu.items()}
+
+
+def write_result(out: Path, name: str, result: dict) -> None:
+    result = {"bench": name, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **result}
+    line = json.dumps(result)
+    print(line, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(line + "\n")
+
+
+def common_args(ap: argparse.ArgumentParser, steps: int, rounds: int = 3) -> None:
+    ap.add_argument("--output", default=DEFAULT_OUTPUT, help="cache of world/models/data and result JSON")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per run (tiny model)")
+    ap.add_argument("--steps-20m", type=int, default=max(2, steps // 4),
+                    help="optimizer steps per run on the ~20M model (each step is compute-bound there)")
+    ap.add_argument("--rounds", type=int, default=rounds, help="A/B rounds; medians over rounds")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
+    ap.add_argument("--models", default="tiny,20m", help="comma list of tiny (the quick world's SFT policy), 20m")
+    # Child-process arguments (set by the parent).
+    for hidden in ("--worker", "--model-dir", "--data", "--world"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+
+
+def fixtures(out: Path, models: str) -> tuple[Path, Path, dict[str, Path]]:
+    world, sft = prepare_world(out)
+    dirs = {}
+    for m in models.split(","):
+        if m == "tiny":
+            dirs[m] = sft
+        elif m == "20m":
+            dirs[m] = make_llama20m(sft, out)
+        else:
+            raise SystemExit(f"--models: unknown model {m!r} (tiny, 20m)")
+    return world, sft, dirs
+
+
+def model_steps(a: argparse.Namespace, name: str) -> int:
+    return a.steps_20m if name == "20m" else a.steps
+
+
+def peak(threads: int) -> float:
+    return round(matmul_peak_gflops(threads), 2)

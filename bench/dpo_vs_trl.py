@@ -1,0 +1,123 @@
+"""DPO training throughput: rlhfkit ``rlhf dpo`` vs TRL's ``DPOTrainer`` (pairs/s; not a test).
+
+    python bench/dpo_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--batch 8]
+        [--models tiny,20m] [--threads 1]
+
+Three sides, alternated in fresh processes: ``ours`` (frozen reference scored live every step,
+like TRL), ``ours_pre`` (``precompute_ref_logprobs``: one reference pass over the pairs before
+training; that pass -- fingerprinting included -- is timed and added to the loop time, so the
+figure is the whole job's reference + training work) and ``trl`` (TRL's default live reference;
+``precompute_ref_log_probs=False``).
+
+Identical work: the same model directory (quick-world SFT policy; random ~20M-param Llama with
+the world's tokenizer) as policy and reference, the same ``steps x batch`` preference pairs
+trained once each, sigmoid loss with beta 0.1, no label smoothing, max length 128 (nothing cut),
+AdamW lr 1e-5 linear, no warmup, grad clip 1.0, fp32 on CPU, same threads, no
+gradient checkpointing (TRL's default is on: turned off), no padding-free batching, no
+evaluation and no sampled-KL evaluation, no saving, no logging backend. MFU counts the policy's
+forward + backward (6N per token) and the reference forward (2N per token): 8 x N x tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+LR, BETA, SEED, MAX_LEN = 1e-5, 0.1, 0, 128
+
+
+def _rows(data: str) -> list[dict]:
+    return [json.loads(ln) for ln in Path(data).read_text().splitlines() if ln.strip()]
+
+
+def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
+    import rlhfkit.train.dpo as stage
+    from rlhfkit.config import DPOConfig
+
+    timer = C.LoopTimer(stage)
+    ref_pass = C.timed(stage, "_reference_cache")
+    cfg = DPOConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
+                    max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
+                    warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, loss_type="sigmoid", beta=BETA,
+                    precompute_ref_logprobs=a.worker == "ours_pre", eval_sample_prompts=0,
+                    eval_every=0, save_every=0, log_every=1, seed=SEED)
+    stage.train(cfg)
+    return {"loop_s": timer.seconds + sum(ref_pass), "ref_pass_s": sum(ref_pass)}
+
+
+def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
+    ds = Dataset.from_list(_rows(a.data))
+    args = DPOConfig(
+        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
+        gradient_checkpointing=False, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        max_steps=a.steps, max_length=MAX_LEN, padding_free=False, precompute_ref_log_probs=False,
+        loss_type=["sigmoid"], beta=BETA, label_smoothing=0.0, disable_dropout=True,
+        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        seed=SEED, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
+    out = trainer.train()
+    return {"loop_s": out.metrics["train_runtime"]}
+
+
+def worker(a: argparse.Namespace) -> None:
+    def run(a, tmp):
+        res = (run_trl if a.worker == "trl" else run_ours)(a, tmp)
+        res["pairs_per_s"] = a.steps * a.batch / res["loop_s"]
+        return res
+
+    C.child(run, a)
+
+
+def main() -> None:
+    from reward_vs_trl import pair_tokens
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    C.common_args(ap, steps=20)
+    ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.output)
+    world, _, dirs = C.fixtures(out, a.models)
+    peak = C.peak(a.threads)
+    results = {}
+    sides = ["ours", "ours_pre", "trl"]
+    for name, mdir in dirs.items():
+        steps = C.model_steps(a, name)
+        n_pairs = steps * a.batch
+        data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
+        tokens = pair_tokens(mdir, data)
+        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
+        runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "pairs_per_s", f"dpo {name}")
+        n = C.matmul_params(mdir)
+        fpp = 8 * n * tokens / n_pairs  # policy fwd+bwd (6N) + reference fwd (2N) per token
+        results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
+                         **C.summarise(runs, "pairs_per_s", [("ours", "trl"), ("ours_pre", "trl")],
+                                       dict.fromkeys(sides, fpp))}
+    peak = max(peak, C.peak(a.threads))  # the larger of before/after: a busy moment cannot inflate MFU
+    C.add_mfu(results, peak)
+    C.write_result(out, "dpo_vs_trl", {
+        "setting": {"batch": a.batch, "max_length": MAX_LEN, "beta": BETA, "threads": a.threads,
+                    "rounds": a.rounds, "dtype": "float32", "device": "cpu", "unit": "pairs/s",
+                    "timer": "training loop only (+ the precompute pass for ours_pre)"},
+        "matmul_peak_gflops": peak, "models": results})
+
+
+if __name__ == "__main__":
+    main()

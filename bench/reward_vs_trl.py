@@ -1,0 +1,121 @@
+"""Reward-model training throughput: rlhfkit ``rlhf reward`` vs TRL's ``RewardTrainer`` (pairs/s; not a test).
+
+    python bench/reward_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--batch 8]
+        [--models tiny,20m] [--threads 1]
+
+Identical work on both sides: the same causal-LM directory turned into a 1-output sequence
+classifier (the quick world's SFT policy, and a random ~20M-param Llama with the world's
+tokenizer), the same ``steps x batch`` preference pairs (bench/_common.make_pairs: chosen = the
+SFT row's completion, rejected = another row's) trained once each, Bradley-Terry loss with no
+margin and no reward centering, max length 128 (no pair is cut), AdamW lr 1e-5 linear, no warmup,
+grad clip 1.0, fp32 on CPU, same threads, no gradient checkpointing (TRL's default is on: turned
+off), no evaluation, no saving, no logging backend; rlhfkit's post-training reward normalisation
+pass is off (``normalize=none``; it runs after the loop anyway). pairs/s = pairs / loop seconds;
+MFU = 6 x N x (tokens of chosen + rejected sequences)/s / measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+LR, SEED, MAX_LEN = 1e-5, 0, 128
+
+
+def _rows(data: str) -> list[dict]:
+    return [json.loads(ln) for ln in Path(data).read_text().splitlines() if ln.strip()]
+
+
+def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
+    import rlhfkit.train.reward as stage
+    from rlhfkit.config import RewardConfig
+
+    timer = C.LoopTimer(stage)
+    cfg = RewardConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
+                       max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
+                       warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, normalize="none",
+                       data_format="pairs", eval_every=0, save_every=0, log_every=1, seed=SEED)
+    stage.train(cfg)
+    return {"loop_s": timer.seconds}
+
+
+def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
+    ds = Dataset.from_list(_rows(a.data))
+    args = RewardConfig(
+        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
+        gradient_checkpointing=False, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        max_steps=a.steps, max_length=MAX_LEN, center_rewards_coefficient=None, disable_dropout=True,
+        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        seed=SEED, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
+    out = trainer.train()
+    return {"loop_s": out.metrics["train_runtime"]}
+
+
+def worker(a: argparse.Namespace) -> None:
+    def run(a, tmp):
+        res = (run_ours if a.worker == "ours" else run_trl)(a, tmp)
+        res["pairs_per_s"] = a.steps * a.batch / res["loop_s"]
+        return res
+
+    C.child(run, a)
+
+
+def pair_tokens(model_dir: Path, data: Path) -> int:
+    """Non-pad tokens of all chosen and rejected sequences (prompt counted in both)."""
+    from rlhfkit.data.collate import tokenize_pairs
+    from rlhfkit.modeling import load_tokenizer
+
+    ds, _ = tokenize_pairs(_rows(str(data)), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
+    return sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    C.common_args(ap, steps=20)
+    ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.output)
+    world, _, dirs = C.fixtures(out, a.models)
+    peak = C.peak(a.threads)
+    results = {}
+    for name, mdir in dirs.items():
+        steps = C.model_steps(a, name)
+        n_pairs = steps * a.batch
+        data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
+        tokens = pair_tokens(mdir, data)
+        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
+        runs = C.ab_runs(__file__, args, ["ours", "trl"], a.rounds, a.threads, "pairs_per_s", f"reward {name}")
+        n = C.matmul_params(mdir, seq_cls=True)
+        fpp = 6 * n * tokens / n_pairs  # training FLOPs per pair
+        results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
+                         **C.summarise(runs, "pairs_per_s", [("ours", "trl")], {"ours": fpp, "trl": fpp})}
+    peak = max(peak, C.peak(a.threads))  # the larger of before/after: a busy moment cannot inflate MFU
+    C.add_mfu(results, peak)
+    C.write_result(out, "reward_vs_trl", {
+        "setting": {"batch": a.batch, "max_length": MAX_LEN, "threads": a.threads,
+                    "rounds": a.rounds, "dtype": "float32", "device": "cpu", "unit": "pairs/s",
+                    "timer": "training loop only"},
+        "matmul_peak_gflops": peak, "models": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Run every rlhfkit-vs-TRL benchmark in turn (not a test).
+
+    python bench/run_all.py [--output runs/bench] [--rounds 3] [--threads 1] [--only sft,reward,dpo,rl]
+
+Each benchmark runs as its own script (``python bench/<name>_vs_trl.py`` runs one alone, with
+more options) and writes ``<output>/<name>_vs_trl.json``; this prints their JSON lines and writes
+``<output>/all.json`` with the headline ratios. The default budgets (tiny model: 30 steps for
+SFT/RM/DPO, 20 for RL; ~20M model: 6 steps, RL on the tiny model only) are sized for about 15
+minutes on an idle 2-core CPU (an estimate from single legs: on a machine loaded by other jobs
+the SFT leg alone took 11 minutes); the world, the SFT policy and the ~20M model are built on
+the first run (about 4 more minutes) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "sft": ["--steps", "30", "--steps-20m", "6"],
+    "reward": ["--steps", "30", "--steps-20m", "6"],
+    "dpo": ["--steps", "30", "--steps-20m", "6"],
+    "rl": ["--steps", "20"],
+}
+
+
+def headline(name: str, res: dict) -> dict:
+    """model -> {pair: {throughput ratio, rss ratio}} plus MFU, for the summary."""
+    return {m: {"ratios": r["ratios"], **({"mfu": r["mfu"]} if "mfu" in r else {}), "median": r["median"]}
+            for m, r in res["models"].items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", default="runs/bench")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ", ".join(BENCHES))
+    a = ap.parse_args()
+    summary, t0 = {}, time.time()
+    for name in a.only.split(","):
+        if name not in BENCHES:
+            raise SystemExit(f"--only: unknown benchmark {name!r} ({', '.join(BENCHES)})")
+        cmd = [sys.executable, str(HERE / f"{name}_vs_trl.py"), "--output", a.output, "--rounds", str(a.rounds),
+               "--threads", str(a.threads), *BENCHES[name]]
+        print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        if p.returncode:
+            raise SystemExit(f"{name} failed (rc {p.returncode})")
+        line = p.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        summary[name] = headline(name, json.loads(line))
+    out = Path(a.output)
+    (out / "all.json").write_text(json.dumps({"seconds": round(time.time() - t0), "rounds": a.rounds,
+                                              "threads": a.threads, "benches": summary}, indent=1) + "\n")
+    print(f"all benchmarks: {time.time() - t0:.0f} s; summary in {out / 'all.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""SFT training throughput: rlhfkit ``rlhf sft`` vs TRL's ``SFTTrainer`` (tokens/s; not a test).
+
+    python bench/sft_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--batch 16]
+        [--models tiny,20m] [--threads 1]
+
+Identical work on both sides: the same model directory (the quick world's SFT policy, and a
+randomly initialised ~20M-param Llama with the world's tokenizer), the same ``steps x batch``
+prompt/completion rows of ``world/sft.jsonl`` trained exactly once each (one epoch; only the
+batch order differs), completion-only loss, no packing and no padding-free batching on either
+side, max length 128 (no row is cut), AdamW lr 1e-4 linear, no warmup, grad clip 1.0, fp32 on
+CPU, the same torch thread count, no gradient checkpointing (TRL defaults it on: turned off),
+no evaluation, no saving, no logging backend. tokens/s = non-pad tokens of those rows / loop
+seconds; MFU = 6 x N x tokens/s / measured matmul peak (see bench/_common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+LR, SEED, MAX_LEN = 1e-4, 0, 128
+
+
+def _rows(data: str) -> list[dict]:
+    return [json.loads(ln) for ln in Path(data).read_text().splitlines() if ln.strip()]
+
+
+def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
+    import rlhfkit.train.sft as stage
+    from rlhfkit.config import SFTConfig
+
+    timer = C.LoopTimer(stage)
+    cfg = SFTConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
+                    max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
+                    warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, completion_only_loss=True,
+                    packing=False, eval_every=0, save_every=0, log_every=1, seed=SEED)
+    stage.train(cfg)
+    return {"loop_s": timer.seconds}
+
+
+def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
+    ds = Dataset.from_list(_rows(a.data))
+    args = SFTConfig(
+        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
+        gradient_checkpointing=False, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        max_steps=a.steps, max_length=MAX_LEN, packing=False, padding_free=False, completion_only_loss=True,
+        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+        seed=SEED, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
+    out = trainer.train()
+    return {"loop_s": out.metrics["train_runtime"]}
+
+
+def worker(a: argparse.Namespace) -> None:
+    def run(a, tmp):
+        res = (run_ours if a.worker == "ours" else run_trl)(a, tmp)
+        res["tokens_per_s"] = a.tokens / res["loop_s"]
+        return res
+
+    C.child(run, a)
+
+
+def count_tokens(model_dir: Path, data: Path) -> int:
+    """Non-pad tokens of the rows as rlhfkit tokenises them (prompt + completion + EOS)."""
+    from rlhfkit.data.collate import tokenize_sft
+    from rlhfkit.modeling import load_tokenizer
+
+    ds, _ = tokenize_sft(_rows(str(data)), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
+    return sum(len(x) for x in ds["input_ids"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    C.common_args(ap, steps=20)
+    ap.add_argument("--batch", type=int, default=16, help="sequences per optimizer step")
+    ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.output)
+    world, _, dirs = C.fixtures(out, a.models)
+    peak = C.peak(a.threads)
+    results = {}
+    for name, mdir in dirs.items():
+        steps = C.model_steps(a, name)
+        data = C.subset(world / "sft.jsonl", steps * a.batch, out / f"sft_{steps * a.batch}.jsonl")
+        tokens = count_tokens(mdir, data)
+        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch),
+                "--tokens", str(tokens)]
+        runs = C.ab_runs(__file__, args, ["ours", "trl"], a.rounds, a.threads, "tokens_per_s", f"sft {name}")
+        n = C.matmul_params(mdir)
+        results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
+                         **C.summarise(runs, "tokens_per_s", [("ours", "trl")],
+                                       {"ours": 6 * n, "trl": 6 * n})}
+    peak = max(peak, C.peak(a.threads))  # the larger of before/after: a busy moment cannot inflate MFU
+    C.add_mfu(results, peak)
+    C.write_result(out, "sft_vs_trl", {
+        "setting": {"batch": a.batch, "max_length": MAX_LEN, "threads": a.threads,
+                    "rounds": a.rounds, "dtype": "float32", "device": "cpu", "unit": "tokens/s",
+                    "timer": "training loop only"},
+        "matmul_peak_gflops": peak, "models": results})
+
+
+if __name__ == "__main__":
+    main()

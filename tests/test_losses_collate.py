@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from rlhfkit.data.collate import SFTCollator, left_pad_prompts, pack, position_ids_from_mask
+from rlhfkit.data.collate import SFTCollator, left_pad_prompts, pack, position_ids_from_mask, take
 from rlhfkit.losses import IGNORE_INDEX, sft_loss, token_nll
 
 
@@ -92,3 +92,15 @@ def test_token_logprobs_by_hand():
     assert lp.tolist()[0] == pytest_approx([math.log(3 / 4), math.log(1 / 2)])
     hot = token_logprobs(logits, ids, temperature=2.0)  # logits halved before the softmax
     assert hot[0, 0].item() == pytest_approx(math.log(math.sqrt(3) / (math.sqrt(3) + 1)))
+
+
+def test_take_matches_select_in_order_with_repeats():
+    """``take`` (one columnar read) returns what ``select(...).to_list()`` did, in index order,
+    repeated indices included (a sampler may wrap around)."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"input_ids": [[1], [2, 3], [4, 5, 6], [7]], "n": [0, 1, 2, 3]})
+    idx = [2, 0, 2, 3]
+    assert take(ds, idx) == ds.select(idx).to_list()
+    assert [r["n"] for r in take(ds, idx)] == idx
+    assert take(ds, []) == []

@@ -102,6 +102,32 @@ def test_critic_free_estimators_raise_gold_reward(world, sft_model, tmp_path, es
     assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.25, s  # measured 0.52-0.70 over seeds 0-3
 
 
+def test_grpo_one_update_reuses_its_forward_and_matches_the_rollout_logprobs_path(world, sft_model, tmp_path,
+                                                                                  monkeypatch):
+    """One update over one minibatch with the KL in the loss skips the rollout's policy forward
+    (``reuses_update_logprobs``); forcing the rollout forward back gives the same run to float
+    error: the same logged sequence KL every step and the same final weights."""
+    import rlhfkit.train.ppo as ppo_mod
+
+    kw = {"estimator": "grpo", "kl_in": "loss", "per_device_batch_size": 8, "mini_batch_size": 32,
+          "ppo_epochs": 1, "max_steps": 3, "eval_prompts": 0}
+    cfg = cfg_for(world, sft_model, tmp_path / "reuse", **kw)
+    assert ppo_mod.reuses_update_logprobs(cfg, 1)
+    assert not ppo_mod.reuses_update_logprobs(cfg, 2)
+    assert not ppo_mod.reuses_update_logprobs(cfg_for(world, sft_model, tmp_path, **{**kw, "kl_in": "reward"}), 1)
+    reuse = train(cfg)
+    monkeypatch.setattr(ppo_mod, "reuses_update_logprobs", lambda cfg, n: False)
+    plain = train(cfg_for(world, sft_model, tmp_path / "plain", **kw))
+    a, b = read_metrics(tmp_path / "reuse"), read_metrics(tmp_path / "plain")
+    kl_a = [r["seq_kl"] for r in a if "seq_kl" in r]
+    kl_b = [r["seq_kl"] for r in b if "seq_kl" in r]
+    assert len(kl_a) == 3 and kl_a == pytest.approx(kl_b, abs=1e-4)
+    assert kl_a[-1] > 1e-3  # the policy moved, so the comparison is not 0 == 0
+    assert [r["first_ratio"] for r in a if "first_ratio" in r] == pytest.approx([1.0] * 3, abs=1e-6)
+    wa, wb = weights(reuse), weights(plain)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
 def test_resume_after_stop_after_is_bitwise_equal(world, sft_model, tmp_path):
     kw = {"max_steps": 4, "per_device_batch_size": 8, "ppo_epochs": 2, "eval_prompts": 0, "kl_target": 1.0,
           "kl_horizon": 100.0}

@@ -269,6 +269,21 @@ def test_rollout_logprobs_match_fresh_forward_and_first_ratio_is_one(base, promp
     assert torch.allclose(sums, r.logprobs.sum(-1), atol=1e-4)
 
 
+def test_rollout_without_logprobs_samples_the_same_tokens(base, prompts):
+    """``compute_logprobs=False`` (GRPO's one-update path) skips only the policy forward: same
+    seed, same tokens and masks; the log-probs are zeros for the caller to fill."""
+    from rlhfkit.rl.rollout import generate_rollout
+
+    model, tok = base
+    kw = {"num_samples": 2, "max_new_tokens": 12, "temperature": 0.7, "seed": 3}
+    full = generate_rollout(model, tok, prompts, **kw)
+    bare = generate_rollout(model, tok, prompts, compute_logprobs=False, **kw)
+    for f in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        assert torch.equal(getattr(full, f), getattr(bare, f)), f
+    assert bare.logprobs.shape == full.logprobs.shape and not bare.logprobs.any()
+    assert (full.logprobs * full.token_mask).abs().sum() > 0
+
+
 def test_rollout_masks_everything_after_first_eos(base, prompts):
     from rlhfkit.rl.rollout import generate_rollout, score_rollout
 

@@ -9,7 +9,9 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    top_p 1 by default; everything after the first EOS is padding (items 8-10). The rollout's
    log-probs, the reference's and the training forward's all divide the logits by the sampling
    temperature (item 12), so on the first minibatch of the first epoch the ratio is 1 to float
-   error: logged as ``first_ratio`` / ``first_approx_kl`` / ``first_clipfrac``.
+   error: logged as ``first_ratio`` / ``first_approx_kl`` / ``first_clipfrac``. RLOO/GRPO with
+   one update of one minibatch and the KL in the loss take the old log-probs from that update's
+   own forward instead (``reuses_update_logprobs``): same numbers, one forward fewer.
 3. Reward: the weighted sum of a reward model (``RewardScorer`` applies its stored offset /
    scale, item 5) and Python functions ``module:function`` (``gold`` = the synthetic gold
    reward), scored on the truncated text; then responses without EOS get ``no_eos_penalty``
@@ -174,6 +176,16 @@ def gap_widening(gaps: list[float], n: int) -> bool:
     return bool(n) and len(gaps) > n and all(gaps[-i] > gaps[-i - 1] for i in range(1, n + 1))
 
 
+def reuses_update_logprobs(cfg: PPOConfig, n_minibatches: int) -> bool:
+    """Item 12 shortcut. With one update over one minibatch of the whole rollout and the KL as a
+    loss term (TRL's GRPO default), that update's own forward *is* the sampling policy's: its
+    detached log-probs serve as the old log-probs (ratio exactly 1) and as the k1 sequence KL, so
+    the rollout's separate policy forward (~10% of a GRPO step, bench/rl_vs_trl.py) is skipped.
+    PPO needs them before the update (per-token KL reward, values, GAE) and several epochs or
+    minibatches need them fixed, so those keep the rollout forward."""
+    return cfg.estimator != "ppo" and cfg.kl_in == "loss" and cfg.ppo_epochs == 1 and n_minibatches == 1
+
+
 def train(cfg: PPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -243,10 +255,7 @@ def train(cfg: PPOConfig) -> Path:
         net.train()
         return lp
 
-    # One update over one minibatch of the whole rollout with the KL in the loss (TRL's GRPO
-    # default): that update's forward gives the sampling log-probs (ratio exactly 1, as item 12
-    # demands), so the rollout's own policy forward -- ~10% of a step -- is skipped.
-    reuse_lp = not ppo and cfg.kl_in == "loss" and cfg.ppo_epochs == 1 and n_mb == 1
+    reuse_lp = reuses_update_logprobs(cfg, n_mb)
 
     def sample(prompt_list: list[str], num: int, logprobs: bool = True):
         ro = generate_rollout(net, tok, prompt_list, num_samples=num, max_new_tokens=cfg.max_new_tokens,
@@ -282,11 +291,11 @@ def train(cfg: PPOConfig) -> Path:
                                      penalty_mode=cfg.no_eos_penalty_mode)
         score = score.to(acc.device)
         old_lp, ref_lp = ro.logprobs, ref_logprobs(ro)
-        kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1)
+        kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1); zeros until the update fills old_lp if reuse_lp
         seq_kl = kl.sum(-1)  # (B,)
         beta = kl_ctl.value
         m = {"proxy_reward": _mean(acc, proxy.tolist()), "score": _mean(acc, score.tolist()),
-             "seq_kl": _mean(acc, seq_kl.tolist()), "kl_coef": beta,
+             "seq_kl": None if reuse_lp else _mean(acc, seq_kl.tolist()), "kl_coef": beta,
              "response_length": _mean(acc, ro.response_lengths.float().tolist()),
              "eos_rate": _mean(acc, ro.ended_with_eos.float().tolist()),
              "distinct_2": _mean(acc, [distinct_2(ro.response_ids)])}

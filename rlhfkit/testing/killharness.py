@@ -8,6 +8,8 @@ killer or a preempted node -- at seeded random points of three kinds:
 ``delay``   a random wall-clock delay: either into startup (loading, restoring the checkpoint,
             trimming metrics) or up to a step after ``latest`` reached a random step N
             (forward, backward, optimizer step, metrics line or save: wherever it lands);
+            the delays scale with the reference run's timing, and a run faster than the
+            reference is killed at its next checkpoint at the latest, so the kill always lands;
 ``tmp``     while checkpoint ``step-N.tmp`` is being written (the directory polled every ~1 ms,
             the kill sent once it holds 0-2 entries, i.e. before or between file writes);
 ``latest``  right after the ``latest`` marker switched to ``step-N`` (after the rename, around
@@ -208,7 +210,11 @@ def _trigger(mode: str, run_dir: Path, rng: random.Random, ref: Reference, *, n_
         if rng.random() < 0.25 or start + 1 > n_steps - 1:
             # While loading models and data, restoring the checkpoint, trimming metrics.jsonl.
             delay = rng.uniform(0.3, 1.0) * ref.startup
-            return (lambda elapsed: elapsed >= delay), f"{delay:.2f}s into startup"
+            # Backstop: if this invocation runs faster than the reference did (the reference
+            # may have shared the machine with heavier load), kill when its first step lands
+            # rather than let it finish unkilled.
+            return (lambda elapsed: elapsed >= delay or latest_step(run_dir) > start), \
+                f"{delay:.2f}s into startup (or at its first checkpoint)"
         # Mid-step: a fraction of a step after `latest` reached step N (N < n_steps, so the run
         # is still going), wherever that lands (forward, backward, optimizer, metrics, save).
         # Anchored to an event rather than to the start, so a slower or faster machine than
@@ -222,9 +228,10 @@ def _trigger(mode: str, run_dir: Path, rng: random.Random, ref: Reference, *, n_
                 if latest_step(run_dir) >= n:
                     seen.append(elapsed)
                 return False
-            return elapsed - seen[0] >= wait
+            # Backstop as above: the next step's checkpoint, at the latest (n < n_steps - 1).
+            return elapsed - seen[0] >= wait or latest_step(run_dir) > n
 
-        return mid_step, f"{wait:.2f}s after step-{n:08d}"
+        return mid_step, f"{wait:.2f}s after step-{n:08d} (or at the next checkpoint)"
     # Leave later kills a step each to land on.
     hi = max(start + 1, n_steps - kills_left)
     target = rng.randint(start + 1, min(hi, n_steps))

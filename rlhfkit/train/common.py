@@ -113,15 +113,24 @@ def micro_batches(indices: list[int], *, per_device: int, accumulation: int, ran
 
 
 def make_optimizer(model, cfg) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    """AdamW; no weight decay on biases and norm weights (1-D parameters).
+
+    The fused kernel (one pass over all parameters) where torch has one for these parameters:
+    on a 20M-parameter model on one CPU thread an update takes 15 ms fused against 74 ms for the
+    per-tensor loop, a fifth of a training step (bench/sft_vs_trl.py). It is what transformers'
+    Trainer uses by default too (``adamw_torch_fused``), and it is deterministic, so resume stays
+    bitwise."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    kw = {"lr": cfg.learning_rate, "betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(groups, **kw)
 
 
 def make_scheduler(optimizer, cfg, num_steps: int):

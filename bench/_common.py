@@ -109,6 +109,33 @@ def timed(module, name: str) -> list[float]:
     return spent
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a JSONL file (blank lines skipped)."""
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def trl_args(a: argparse.Namespace, tmp: Path, lr: float, seed: int) -> dict:
+    """TrainingArguments every TRL side shares: the work rlhfkit's side is configured to match
+    (fp32 on CPU, ``a.steps`` steps, no accumulation, AdamW linear without warmup, clip 1.0, no
+    gradient checkpointing -- TRL 1.16 defaults it on --, no eval / saving / logging backend)."""
+    return dict(output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False,
+                model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
+                gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=lr, lr_scheduler_type="linear",
+                warmup_steps=0, max_grad_norm=1.0, seed=seed, report_to="none", save_strategy="no",
+                logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+
+
+def serve_worker(a: argparse.Namespace, run_ours: Callable, run_trl: Callable, metric: str, units: float) -> None:
+    """Child entry: run side ``a.worker`` (``ours*`` -> run_ours, else run_trl) and report
+    ``metric`` = units of work / loop seconds."""
+    def run(a, tmp):
+        res = (run_ours if a.worker.startswith("ours") else run_trl)(a, tmp)
+        res[metric] = units / res["loop_s"]
+        return res
+
+    child(run, a)
+
+
 def child(run: Callable[[argparse.Namespace, Path], dict], a: argparse.Namespace) -> None:
     """Run one side in this (fresh) process and print its RESULT line."""
     import tempfile
@@ -328,3 +355,23 @@ def model_steps(a: argparse.Namespace, name: str) -> int:
 
 def peak(threads: int) -> float:
     return round(matmul_peak_gflops(threads), 2)
+
+
+def parent_setup(a: argparse.Namespace) -> tuple[Path, Path, dict[str, Path], float]:
+    """Parent side: thread count, cached fixtures, and the matmul peak measured before the runs."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.output)
+    world, _, dirs = fixtures(out, a.models)
+    return out, world, dirs, peak(a.threads)
+
+
+def finish(out: Path, name: str, a: argparse.Namespace, results: dict, setting: dict, peak_before: float) -> None:
+    """Peak again after the runs (the larger of before/after: a busy moment cannot inflate MFU),
+    MFU per side, and the result JSON."""
+    top = max(peak_before, peak(a.threads))
+    add_mfu(results, top)
+    write_result(out, name, {"setting": {"threads": a.threads, "rounds": a.rounds, "dtype": "float32",
+                                         "device": "cpu", "timer": "training loop only", **setting},
+                             "matmul_peak_gflops": top, "models": results})

@@ -21,7 +21,6 @@ forward + backward (6N per token) and the reference forward (2N per token): 8 x 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,10 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 LR, BETA, SEED, MAX_LEN = 1e-5, 0.1, 0, 128
-
-
-def _rows(data: str) -> list[dict]:
-    return [json.loads(ln) for ln in Path(data).read_text().splitlines() if ln.strip()]
 
 
 def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
@@ -56,28 +51,13 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
-    ds = Dataset.from_list(_rows(a.data))
-    args = DPOConfig(
-        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
-        gradient_checkpointing=False, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
-        max_steps=a.steps, max_length=MAX_LEN, padding_free=False, precompute_ref_log_probs=False,
-        loss_type=["sigmoid"], beta=BETA, label_smoothing=0.0, disable_dropout=True,
-        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-        seed=SEED, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
-        disable_tqdm=True, dataloader_num_workers=0,
-    )
+    ds = Dataset.from_list(C.read_rows(a.data))
+    args = DPOConfig(**C.trl_args(a, tmp, LR, SEED), per_device_train_batch_size=a.batch, max_length=MAX_LEN,
+                     padding_free=False, precompute_ref_log_probs=False, loss_type=["sigmoid"], beta=BETA,
+                     label_smoothing=0.0, disable_dropout=True, weight_decay=0.0, eval_strategy="no")
     trainer = DPOTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     return {"loop_s": out.metrics["train_runtime"]}
-
-
-def worker(a: argparse.Namespace) -> None:
-    def run(a, tmp):
-        res = (run_trl if a.worker == "trl" else run_ours)(a, tmp)
-        res["pairs_per_s"] = a.steps * a.batch / res["loop_s"]
-        return res
-
-    C.child(run, a)
 
 
 def main() -> None:
@@ -88,14 +68,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     a = ap.parse_args()
     if a.worker:
-        return worker(a)
+        return C.serve_worker(a, run_ours, run_trl, "pairs_per_s", a.steps * a.batch)
 
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = Path(a.output)
-    world, _, dirs = C.fixtures(out, a.models)
-    peak = C.peak(a.threads)
+    out, world, dirs, peak = C.parent_setup(a)
     results = {}
     sides = ["ours", "ours_pre", "trl"]
     for name, mdir in dirs.items():
@@ -110,13 +85,8 @@ def main() -> None:
         results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
                          **C.summarise(runs, "pairs_per_s", [("ours", "trl"), ("ours_pre", "trl")],
                                        dict.fromkeys(sides, fpp))}
-    peak = max(peak, C.peak(a.threads))  # the larger of before/after: a busy moment cannot inflate MFU
-    C.add_mfu(results, peak)
-    C.write_result(out, "dpo_vs_trl", {
-        "setting": {"batch": a.batch, "max_length": MAX_LEN, "beta": BETA, "threads": a.threads,
-                    "rounds": a.rounds, "dtype": "float32", "device": "cpu", "unit": "pairs/s",
-                    "timer": "training loop only (+ the precompute pass for ours_pre)"},
-        "matmul_peak_gflops": peak, "models": results})
+    C.finish(out, "dpo_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "beta": BETA, "unit": "pairs/s",
+                                             "timer": "training loop only (+ the precompute pass for ours_pre)"}, peak)
 
 
 if __name__ == "__main__":

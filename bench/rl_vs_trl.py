@@ -92,16 +92,10 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     ds = Dataset.from_dict({"prompt": _load_prompts(Path(a.world))})
     n = a.prompts_per_step * a.samples
-    args = Config(
-        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
-        gradient_checkpointing=False,
-        num_generations=a.samples, per_device_train_batch_size=n, gradient_accumulation_steps=1,
-        generation_batch_size=n, max_completion_length=a.max_new_tokens, temperature=TEMPERATURE,
-        top_k=0, top_p=1.0, beta=BETA, num_iterations=1, learning_rate=LR, lr_scheduler_type="linear",
-        warmup_steps=0, max_grad_norm=1.0, max_steps=a.steps, disable_dropout=True, seed=SEED,
-        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        log_completions=False, dataloader_num_workers=0, **extra,
-    )
+    args = Config(**C.trl_args(a, tmp, LR, SEED), num_generations=a.samples, per_device_train_batch_size=n,
+                  generation_batch_size=n, max_completion_length=a.max_new_tokens, temperature=TEMPERATURE,
+                  top_k=0, top_p=1.0, beta=BETA, num_iterations=1, disable_dropout=True, log_completions=False,
+                  **extra)
     trainer = Trainer(model=a.model_dir, reward_funcs=gold, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     key = "completions/mean_length"
@@ -110,13 +104,6 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
             "mean_completion_tokens": statistics.fmean(lengths) if lengths else float("nan")}
 
 
-def worker(a: argparse.Namespace) -> None:
-    def run(a, tmp):
-        res = (run_ours if a.worker.startswith("ours") else run_trl)(a, tmp)
-        res["episodes_per_s"] = a.steps * a.prompts_per_step * a.samples / res["loop_s"]
-        return res
-
-    C.child(run, a)
 
 
 def main() -> None:
@@ -129,13 +116,9 @@ def main() -> None:
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of " + ", ".join(SIDES))
     a = ap.parse_args()
     if a.worker:
-        return worker(a)
+        return C.serve_worker(a, run_ours, run_trl, "episodes_per_s", a.steps * a.prompts_per_step * a.samples)
 
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = Path(a.output)
-    world, _, dirs = C.fixtures(out, a.models)
+    out, world, dirs, peak = C.parent_setup(a)
     sides = a.sides.split(",")
     pairs = [(o, t) for o, t in (("ours_grpo", "trl_grpo"), ("ours_rloo", "trl_rloo"), ("ours_ppo", "trl_grpo"))
              if o in sides and t in sides]
@@ -148,12 +131,9 @@ def main() -> None:
         runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "episodes_per_s", f"rl {name}")
         results[name] = {"model_dir": str(mdir), "steps": steps,
                          "episodes_per_run": steps * a.prompts_per_step * a.samples, **C.summarise(runs, "episodes_per_s", pairs)}
-    C.write_result(out, "rl_vs_trl", {
-        "setting": {"prompts_per_step": a.prompts_per_step, "samples": a.samples,
-                    "max_new_tokens": a.max_new_tokens, "temperature": TEMPERATURE, "beta": BETA,
-                    "threads": a.threads, "rounds": a.rounds, "device": "cpu", "dtype": "float32",
-                    "unit": "episodes/s", "timer": "training loop only"},
-        "models": results})
+    C.finish(out, "rl_vs_trl", a, results, {"prompts_per_step": a.prompts_per_step, "samples": a.samples,
+                                            "max_new_tokens": a.max_new_tokens, "temperature": TEMPERATURE,
+                                            "beta": BETA, "unit": "episodes/s"}, peak)
 
 
 if __name__ == "__main__":

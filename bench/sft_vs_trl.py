@@ -16,7 +16,6 @@ seconds; MFU = 6 x N x tokens/s / measured matmul peak (see bench/_common.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,10 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 LR, SEED, MAX_LEN = 1e-4, 0, 128
-
-
-def _rows(data: str) -> list[dict]:
-    return [json.loads(ln) for ln in Path(data).read_text().splitlines() if ln.strip()]
 
 
 def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
@@ -49,27 +44,13 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
-    ds = Dataset.from_list(_rows(a.data))
-    args = SFTConfig(
-        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
-        gradient_checkpointing=False, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
-        max_steps=a.steps, max_length=MAX_LEN, packing=False, padding_free=False, completion_only_loss=True,
-        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-        seed=SEED, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
-        disable_tqdm=True, dataloader_num_workers=0,
-    )
+    ds = Dataset.from_list(C.read_rows(a.data))
+    args = SFTConfig(**C.trl_args(a, tmp, LR, SEED), per_device_train_batch_size=a.batch, max_length=MAX_LEN,
+                     packing=False, padding_free=False, completion_only_loss=True, weight_decay=0.0,
+                     eval_strategy="no")
     trainer = SFTTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     return {"loop_s": out.metrics["train_runtime"]}
-
-
-def worker(a: argparse.Namespace) -> None:
-    def run(a, tmp):
-        res = (run_ours if a.worker == "ours" else run_trl)(a, tmp)
-        res["tokens_per_s"] = a.tokens / res["loop_s"]
-        return res
-
-    C.child(run, a)
 
 
 def count_tokens(model_dir: Path, data: Path) -> int:
@@ -77,7 +58,7 @@ def count_tokens(model_dir: Path, data: Path) -> int:
     from rlhfkit.data.collate import tokenize_sft
     from rlhfkit.modeling import load_tokenizer
 
-    ds, _ = tokenize_sft(_rows(str(data)), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
+    ds, _ = tokenize_sft(C.read_rows(data), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
     return sum(len(x) for x in ds["input_ids"])
 
 
@@ -88,14 +69,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        return worker(a)
+        return C.serve_worker(a, run_ours, run_trl, "tokens_per_s", a.tokens)
 
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = Path(a.output)
-    world, _, dirs = C.fixtures(out, a.models)
-    peak = C.peak(a.threads)
+    out, world, dirs, peak = C.parent_setup(a)
     results = {}
     for name, mdir in dirs.items():
         steps = C.model_steps(a, name)
@@ -108,13 +84,7 @@ def main() -> None:
         results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
                          **C.summarise(runs, "tokens_per_s", [("ours", "trl")],
                                        {"ours": 6 * n, "trl": 6 * n})}
-    peak = max(peak, C.peak(a.threads))  # the larger of before/after: a busy moment cannot inflate MFU
-    C.add_mfu(results, peak)
-    C.write_result(out, "sft_vs_trl", {
-        "setting": {"batch": a.batch, "max_length": MAX_LEN, "threads": a.threads,
-                    "rounds": a.rounds, "dtype": "float32", "device": "cpu", "unit": "tokens/s",
-                    "timer": "training loop only"},
-        "matmul_peak_gflops": peak, "models": results})
+    C.finish(out, "sft_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "tokens/s"}, peak)
 
 
 if __name__ == "__main__":

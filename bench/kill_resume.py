@@ -16,7 +16,6 @@ and a JSON total (kills, resumes, bitwise matches, metrics checks), also written
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -30,21 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare(out: Path) -> tuple[Path, Path]:
     """The quick world (shared with the test suite's cache, same key) and a quick SFT policy."""
-    from filelock import FileLock
-
-    from rlhfkit.demo import sft_config, world_config
-    from rlhfkit.synthetic.world import build
+    from rlhfkit.demo import sft_config
+    from rlhfkit.testing.worldcache import cached_quick_world
     from rlhfkit.train.sft import train as sft_train
 
-    cache = Path(os.environ.get("RLHFKIT_TEST_CACHE", REPO / ".rlhfkit-cache"))
-    probe = world_config(cache, quick=True)
-    key = hashlib.sha1(json.dumps(probe.model_dump(mode="json", exclude={"output_dir"}),
-                                  sort_keys=True).encode()).hexdigest()[:10]
-    cfg = world_config(cache, quick=True)
-    cfg.output_dir = str(cache / f"test-world-{key}")
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / f"test-world-{key}.lock")):
-        world = Path(build(cfg))
+    world = cached_quick_world(Path(os.environ.get("RLHFKIT_TEST_CACHE", REPO / ".rlhfkit-cache")))
     sft = out / "policy" / "sft" / "final"  # apart from the sft stage's own runs in out/sft/
     if not (sft / "model.safetensors").is_file():
         scfg = sft_config(world, out / "policy", quick=True)

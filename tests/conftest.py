@@ -1,14 +1,9 @@
-"""Shared fixtures. The synthetic world is built once per machine-state and reused.
-
-The world lives in ``.rlhfkit-cache/test-world-<hash>`` under the repo (gitignored): its
-world.json records the config, so a stale build is never reused, and a file lock lets parallel
-pytest-xdist workers share one build instead of racing.
-"""
+"""Shared fixtures. The synthetic world is built once per machine and code state and reused
+from ``.rlhfkit-cache/test-world-<key>`` under the repo (gitignored; see
+``rlhfkit.testing.worldcache`` for what the key covers)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -20,27 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RLHFKIT_TEST_CACHE", REPO / ".rlhfkit-cache"))
 
 
-def quick_world_config(out: Path):
-    from rlhfkit.demo import world_config
-    cfg = world_config(out.parent, quick=True)
-    cfg.output_dir = str(out)
-    return cfg
-
-
 @pytest.fixture(scope="session")
 def world() -> Path:
     """The --quick synthetic world (tokenizer, tiny pre-trained base, prompts, SFT data)."""
-    from filelock import FileLock
+    from rlhfkit.testing.worldcache import cached_quick_world
 
-    from rlhfkit.synthetic.world import build
-
-    probe = quick_world_config(CACHE / "x")
-    key = hashlib.sha1(json.dumps(probe.model_dump(mode="json", exclude={"output_dir"}),
-                                  sort_keys=True).encode()).hexdigest()[:10]
-    out = CACHE / f"test-world-{key}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(CACHE / f"test-world-{key}.lock")):
-        return build(quick_world_config(out))
+    return cached_quick_world(CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,19 @@ def world() -> Path:
     return cached_quick_world(CACHE)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's runs (``pytest.mark.usefixtures("one_thread")``): on two
+    cores shared with another worker, more threads make the tiny models far slower. Under xdist
+    this is already the default (``pytest_configure``); it matters for a plain ``pytest`` run."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def sft_model(world, tmp_path_factory) -> Path:
     """The SFT policy that DPO and RL tests start from (and their reference): the demo's quick

@@ -16,17 +16,10 @@ import torch
 from rlhfkit.errors import ConfigError
 from rlhfkit.testing.killharness import kill_and_resume, tiny_overrides, write_small_data
 
-pytestmark = pytest.mark.xdist_group("kill_resume")
+pytestmark = [pytest.mark.xdist_group("kill_resume"), pytest.mark.usefixtures("one_thread")]
 
 N_STEPS = 5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

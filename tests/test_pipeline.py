@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from rlhfkit.config import PipelineConfig, config_from_dict
@@ -25,16 +24,9 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.pipeline import Pipeline
 from rlhfkit.train.common import read_metrics
 
-pytestmark = pytest.mark.xdist_group("pipeline")
+pytestmark = [pytest.mark.xdist_group("pipeline"), pytest.mark.usefixtures("one_thread")]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_pipeline(world: Path, sft_model: Path, out: Path, **kw) -> dict:

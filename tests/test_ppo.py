@@ -17,16 +17,8 @@ from rlhfkit.train.common import read_metrics
 from rlhfkit.train.ppo import train
 
 # One worker runs the whole file, so the SFT model is built once.
-pytestmark = pytest.mark.xdist_group("ppo")
+pytestmark = [pytest.mark.xdist_group("ppo"), pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two cores shared with other workers: more threads make the tiny model far slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg_for(world: Path, sft_model: Path, out: Path, **kw) -> PPOConfig:

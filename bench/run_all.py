@@ -4,11 +4,11 @@
 
 Each benchmark runs as its own script (``python bench/<name>_vs_trl.py`` runs one alone, with
 more options) and writes ``<output>/<name>_vs_trl.json``; this prints their JSON lines and writes
-``<output>/all.json`` with the headline ratios. The default budgets (tiny model: 30 steps for
-SFT/RM/DPO, 20 for RL; ~20M model: 6 steps, RL on the tiny model only) are sized for about 15
-minutes on an idle 2-core CPU (an estimate from single legs: on a machine loaded by other jobs
-the SFT leg alone took 11 minutes); the world, the SFT policy and the ~20M model are built on
-the first run (about 4 more minutes) and reused afterwards.
+``<output>/all.json`` with the headline ratios. The default budgets (tiny model: 60 SFT steps --
+the quick world's 1080 SFT rows, each trained once --, 120 reward/DPO steps, 30 RL steps; ~20M
+model: 6 steps; RL on the tiny model only) took 12.5 minutes on the idle 2-core CPU
+(docs/benchmarks.md); the world, the SFT policy and the ~20M model are built on the first run
+(a few more minutes) and reused afterwards.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Tiny-model loops of ~1 s (30 steps) were dominated by jitter (one reward run at 0.77x of its
+# neighbours); 100-120 steps give loops of 4-10 s.
 BENCHES = {
-    "sft": ["--steps", "30", "--steps-20m", "6"],
-    "reward": ["--steps", "30", "--steps-20m", "6"],
-    "dpo": ["--steps", "30", "--steps-20m", "6"],
-    "rl": ["--steps", "20"],
+    "sft": ["--steps", "60", "--steps-20m", "6"],
+    "reward": ["--steps", "120", "--steps-20m", "6"],
+    "dpo": ["--steps", "120", "--steps-20m", "6"],
+    "rl": ["--steps", "30"],
 }
 
 

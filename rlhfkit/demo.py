@@ -79,7 +79,7 @@ def demo_pipeline(output: str | Path, quick: bool) -> dict:
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "num_epochs": 2, "max_length": 96,
                    "eval_fraction": 0.1, "warmup_ratio": 0.05, "log_every": 10},
         "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "per_device_batch_size": 32, "mini_batch_size": 16,
-                       "ppo_epochs": 2, **gen, "max_steps": 10 if quick else 16, "log_every": 1,
+                       "ppo_epochs": 2, **gen, "max_steps": 16, "log_every": 1,
                        "eval_data": f"{w}/prompts_eval.jsonl", "eval_prompts": 32 if quick else 64,
                        "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold_reward": True}},
         "dpo": {"dpo": {"beta": 0.1, "learning_rate": 5e-4, "per_device_batch_size": 16,

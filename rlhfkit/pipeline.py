@@ -410,15 +410,21 @@ class Pipeline:
 
         js = FeedbackStore(self.store).judgements(self.cfg.project)
         records = [(j["task_id"], j["annotator"], j["choice"]) for j in js]
-        if len({j["annotator"] for j in js}) < 2 or len(records) < 2:
-            return {"judgements": len(js)}
-        out = {"judgements": len(js)}
+        per_task: dict = {}
+        for task, _, _ in records:
+            per_task[task] = per_task.get(task, 0) + 1
+        out = {"judgements": len(js), "annotators": len({j["annotator"] for j in js}),
+               "tasks_judged_twice_or_more": sum(n >= 2 for n in per_task.values())}
+        if out["tasks_judged_twice_or_more"] == 0:
+            # Agreement needs overlap: say why there is none rather than print empty statistics.
+            out["note"] = "no task was judged by two annotators (collect.annotators_per_task = 1)"
+            return out
         for name, fn in (("pairwise_agreement", A.pairwise_agreement), ("fleiss_kappa", A.fleiss_kappa),
                          ("krippendorff_alpha", A.krippendorff_alpha)):
             try:
                 out[name] = fn(records)
-            except (ValueError, ZeroDivisionError):
-                out[name] = None  # e.g. no task judged twice
+            except (ValueError, ZeroDivisionError) as e:  # e.g. a single category in all answers
+                out[name] = f"undefined ({e})"
         return out
 
 

@@ -64,6 +64,8 @@ def test_quick_demo_end_to_end(tmp_path):
         assert pol[name]["kl"] > 0.0
     assert pol["sft"]["win_rate"] == 0.5 and pol["sft"]["kl"] == 0.0
     assert "| rl-ppo" in text and "| dpo-dpo" in text
+    # The demo gives each comparison to one labeler: the report says why there is no agreement.
+    assert "no task was judged by two annotators" in text
 
 
 def test_two_rounds_sample_round_two_from_round_one_policy(world, sft_model, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -74,6 +75,74 @@ def test_login_fails_with_wrong_password(client):
     # the API wants a bearer token: none, or a made-up one, is a 401
     assert client.get("/api/projects").status_code == 401
     assert client.get("/api/projects", headers={"Authorization": "Bearer made-up"}).status_code == 401
+
+
+def test_login_throttle_by_hand():
+    """5 failures in the window block the (address, name) pair until the oldest of them
+    leaves the window; other names and addresses are unaffected; a success clears the count."""
+    from rlhfkit.feedback.app import LoginThrottle
+
+    now = [1000.0]
+    t = LoginThrottle(max_failures=3, window_s=60, clock=lambda: now[0])
+    key, other = ("1.2.3.4", "alice"), ("1.2.3.4", "bob")
+    for dt in (0, 10, 20):
+        now[0] = 1000.0 + dt
+        assert t.retry_after(key) == 0
+        t.failed(key)
+    assert t.retry_after(key) == 40  # first failure at 1000 leaves the window at 1060; now 1020
+    assert t.retry_after(other) == 0 and t.retry_after(("5.6.7.8", "alice")) == 0
+    now[0] = 1060.0
+    assert t.retry_after(key) == 0  # two failures left in the window
+    t.failed(key)
+    assert t.retry_after(key) == 10  # the failure at 1010 leaves at 1070
+    t.succeeded(key)
+    assert t.retry_after(key) == 0
+
+
+def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store):
+    with TestClient(create_app(store.url, secret="s", store=store, login_max_failures=3,
+                               login_window_s=0.5)) as client:
+        for _ in range(3):
+            assert client.post("/api/login", json={"name": "alice", "password": "guess"}).status_code == 401
+        r = client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "too many failed logins" in r.json()["detail"]
+        r = client.post("/login", data={"name": "alice", "password": PASSWORDS["alice"]}, follow_redirects=False)
+        assert r.status_code == 429 and "too many failed logins" in r.text  # the form shares the count
+        assert client.post("/api/login", json={"name": "bob", "password": PASSWORDS["bob"]}).status_code == 200
+        time.sleep(0.6)  # the window passes
+        assert client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]}).status_code == 200
+
+
+def test_change_password_by_form_and_api_ends_other_sessions(client, store):
+    other = api_token(client, "alice")  # e.g. a script's token, or another browser
+    form_login(client, "alice")
+    page = client.get("/account")
+    assert page.status_code == 200 and "Change password" in page.text
+    csrf = csrf_of(page.text)
+    new = "correct horse battery"
+    bad = [({"current": "wrong", "new": new, "again": new}, "current"),
+           ({"current": PASSWORDS["alice"], "new": "short", "again": "short"}, "new"),
+           ({"current": PASSWORDS["alice"], "new": new, "again": new + "x"}, "differ")]
+    for data, named in bad:
+        r = client.post("/account", data={"csrf": csrf, **data})
+        assert r.status_code == 400 and named in r.text, (data, r.text)
+    assert client.post("/account", data={"current": PASSWORDS["alice"], "new": new, "again": new}).status_code == 403
+    assert store.authenticate("alice", PASSWORDS["alice"]) is not None  # nothing changed so far
+    r = client.post("/account", data={"csrf": csrf, "current": PASSWORDS["alice"], "new": new, "again": new})
+    assert r.status_code == 200 and "Password changed" in r.text
+    assert store.authenticate("alice", PASSWORDS["alice"]) is None and store.authenticate("alice", new)
+    assert client.get("/projects").status_code == 200  # this browser stays logged in
+    assert client.get("/api/projects", headers=other).status_code == 401  # the other token ended
+    # The API: bearer token, JSON body naming the field on error; the caller's token survives.
+    mine = {"Authorization": f"Bearer {client.post('/api/login', json={'name': 'alice', 'password': new}).json()['token']}"}
+    r = client.post("/api/password", json={"current": "nope", "new": "another long one"}, headers=mine)
+    assert r.status_code == 400 and "current" in r.json()["detail"]
+    r = client.post("/api/password", json={"current": new, "new": "another long one", "x": 1}, headers=mine)
+    assert r.status_code == 422 and "x" in r.json()["detail"]
+    r = client.post("/api/password", json={"current": new, "new": "another long one"}, headers=mine)
+    assert r.status_code == 200 and client.get("/api/projects", headers=mine).status_code == 200
+    assert client.post("/api/password", json={"current": "a", "new": "bbbbbbbbb"}).status_code == 401
 
 
 def test_session_cookie_is_signed_httponly_and_lax(client):

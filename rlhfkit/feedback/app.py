@@ -3,6 +3,7 @@
 Pages (server-rendered Jinja2, one small plain-JS file for the keyboard and the timer):
 
     GET  /login, POST /login, POST /logout       session cookie (signed token, HttpOnly, SameSite=Lax)
+    GET  /account, POST /account                 change my password (other sessions end)
     GET  /projects                               projects with progress
     GET  /projects/{name}/label                  the next task of the queue for me
     POST /projects/{name}/label                  submit or skip it (form post, CSRF token)
@@ -15,6 +16,7 @@ Pages (server-rendered Jinja2, one small plain-JS file for the keyboard and the 
 JSON API (``Authorization: Bearer <token>`` from ``POST /api/login``):
 
     POST /api/login                {"name", "password"} -> {"token", "annotator"}
+    POST /api/password             {"current", "new"}: change my password (other tokens end)
     GET  /api/projects
     GET  /api/projects/{name}/next -> {"task": {...} | null}
     POST /api/tasks/{id}/judgement {"choice" | "ranking", "strength", "rationale", "displayed_order",
@@ -31,6 +33,10 @@ untrusted: Jinja2 autoescaping renders them as text, guidelines markdown is esca
 small markup subset is applied, and a Content-Security-Policy without inline scripts backs both
 up. Store errors become 400 / 404 / 409 with the store's message (which names the field); request
 bodies are pydantic models, so a malformed payload is a 422 naming the field, never a 500.
+Logins are throttled: after ``login_max_failures`` wrong passwords for one name from one address
+within ``login_window_s`` seconds, further attempts get 429 with Retry-After until the window has
+passed (a password cannot be guessed at scrypt speed); a success clears the count. Invited
+annotators replace the password the admin saw on /account, which ends their other sessions.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import math
 import os
 import re
 import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
@@ -147,6 +155,47 @@ class LoginIn(BaseModel):
     password: str = Field(min_length=1, max_length=1000)
 
 
+class PasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current: str = Field(min_length=1, max_length=1000)
+    new: str = Field(min_length=1, max_length=1000)
+
+
+class LoginThrottle:
+    """Failed logins per (client address, name) in a sliding window, in this process's memory
+    (one `rlhf label serve` process; behind several workers each counts its own)."""
+
+    def __init__(self, max_failures: int, window_s: float, clock=time.monotonic):
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, key: tuple[str, str]) -> int:
+        """Seconds until another attempt is allowed; 0 when it is allowed now."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(key, now)
+            if len(times) < self.max_failures:
+                return 0
+            return max(1, math.ceil(times[-self.max_failures] + self.window_s - now))
+
+    def failed(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.setdefault(key, []).append(self.clock())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 class JudgementIn(BaseModel):
     """One judgement as the annotator made it; ``choice`` is relative to the order shown."""
 
@@ -220,7 +269,8 @@ def _progress_for(store: Any, project: str, me: Any) -> dict:
 # the app
 
 
-def create_app(store_url: str, *, secret: str | None = None, store: Any = None) -> FastAPI:
+def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
+               login_max_failures: int = 5, login_window_s: float = 300.0) -> FastAPI:
     """The FastAPI app over the feedback store at ``store_url``.
 
     ``secret`` signs session cookies and CSRF tokens; without one a random secret is made, so
@@ -230,6 +280,10 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None) 
         from rlhfkit.feedback.store import FeedbackStore
         store = FeedbackStore(store_url)
     key = (secret or secrets.token_hex(32)).encode()
+    throttle = LoginThrottle(login_max_failures, login_window_s)
+
+    def throttle_key(request: Request, name: str) -> tuple[str, str]:
+        return (request.client.host if request.client else "?", name.strip().lower())
 
     def sign(value: str) -> str:
         return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
@@ -356,16 +410,44 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None) 
     async def login(request: Request):
         form = await request.form()
         name, password = str(form.get("name", "")), str(form.get("password", ""))
+        tkey = throttle_key(request, name)
+        wait = throttle.retry_after(tkey)
+        if wait:
+            response = render(request, "login.html", status=429, name=name,
+                              error=f"too many failed logins for this name: try again in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response
         # Bounded like the API's LoginIn: scrypt over a megabyte-long "password" is a cheap DoS.
         plausible = 0 < len(name) <= 200 and 0 < len(password) <= 1000
         me = await run_in_threadpool(store.authenticate, name, password) if plausible else None
         if me is None:
+            throttle.failed(tkey)
             return render(request, "login.html", status=401, error="wrong name or password", name=name)
+        throttle.succeeded(tkey)
         token = await run_in_threadpool(store.create_session, me.id)
         response = RedirectResponse("/projects", status_code=303)
         response.set_cookie(COOKIE, f"{token}.{sign(token)}", httponly=True, samesite="lax",
                             secure=request.url.scheme == "https", path="/")
         return response
+
+    @app.get("/account", response_class=HTMLResponse)
+    def account_page(request: Request, me=Depends(page_user)):
+        return render(request, "account.html", error=None, saved=False)
+
+    @app.post("/account")
+    async def account_change(request: Request, me=Depends(page_user)):
+        form = await request.form()
+        check_csrf(request, form)
+        current, new, again = (str(form.get(k, "")) for k in ("current", "new", "again"))
+        if new != again:
+            return render(request, "account.html", status=400, saved=False,
+                          error="new: the two new passwords differ")
+        try:
+            await run_in_threadpool(store.change_password, me.id, current, new,
+                                    keep_session=request.state.session_token)
+        except RlhfkitError as e:
+            return render(request, "account.html", status=400, saved=False, error=str(e))
+        return render(request, "account.html", error=None, saved=True)
 
     @app.post("/logout")
     async def logout(request: Request, me=Depends(page_user)):
@@ -485,12 +567,28 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None) 
     # --- JSON API -----------------------------------------------------------------------------
 
     @app.post("/api/login")
-    def api_login(body: LoginIn):
+    def api_login(body: LoginIn, request: Request):
+        tkey = throttle_key(request, body.name)
+        wait = throttle.retry_after(tkey)
+        if wait:
+            raise HTTPException(429, f"too many failed logins for this name: try again in {wait} s",
+                                headers={"Retry-After": str(wait)})
         me = store.authenticate(body.name, body.password)
         if me is None:
+            throttle.failed(tkey)
             raise HTTPException(401, "wrong name or password")
+        throttle.succeeded(tkey)
         return {"token": store.create_session(me.id),
                 "annotator": {"id": me.id, "name": me.name, "role": me.role}}
+
+    @app.post("/api/password")
+    def api_password(body: PasswordIn, request: Request, me=Depends(api_user)):
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        try:
+            store.change_password(me.id, body.current, body.new, keep_session=token)
+        except RlhfkitError as e:
+            raise HTTPException(400, str(e)) from None
+        return {"changed": True}
 
     @app.get("/api/projects")
     def api_projects(me=Depends(api_user)):

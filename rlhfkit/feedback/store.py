@@ -334,6 +334,7 @@ def head_revision() -> str:
 # passwords and tokens
 
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+MIN_PASSWORD = 8  # for passwords people choose (change_password); invited ones are 16 random characters
 
 
 def _hash_password(password: str, salt: bytes) -> str:
@@ -489,6 +490,30 @@ class FeedbackStore:
             _hash_password(password or "", b"\0" * 16)
             return None
         return info if _check_password(password or "", stored, salt) else None
+
+    def change_password(self, annotator_id: int, current: str, new: str, *,
+                        keep_session: str | None = None) -> None:
+        """Replace an annotator's password after checking the current one (an invited annotator
+        replaces the one the admin saw). Every other session and API token of theirs ends, so a
+        leaked old password or token stops working; ``keep_session`` (the caller's) survives."""
+        if not isinstance(new, str) or len(new) < MIN_PASSWORD or len(new) > 1000:
+            raise StoreError(f"the new password needs {MIN_PASSWORD} to 1000 characters", field="new")
+        with self._session.begin() as s:
+            a = s.get(Annotator, annotator_id)
+            if a is None:
+                raise NotFoundError(f"unknown annotator id {annotator_id}", field="annotator_id")
+            stored, salt_hex = a.password_hash, a.salt
+        if not _check_password(current or "", stored, salt_hex):
+            raise StoreError("the current password is wrong", field="current")
+        salt = secrets.token_bytes(16)
+        digest = _hash_password(new, salt)
+        with self._session.begin() as s:
+            a = s.get(Annotator, annotator_id)
+            a.password_hash, a.salt = digest, salt.hex()
+            q = delete(SessionToken).where(SessionToken.annotator_id == annotator_id)
+            if keep_session:
+                q = q.where(SessionToken.token_hash != _token_hash(keep_session))
+            s.execute(q)
 
     def create_session(self, annotator_id: int) -> str:
         token = secrets.token_urlsafe(32)

@@ -72,7 +72,7 @@ def test_first_minibatch_ratio_is_one(ppo_run):
 def test_ppo_raises_gold_reward_with_bounded_kl(ppo_run):
     s = summary(ppo_run)
     gain = s["final_eval_gold"] - s["initial_eval_gold"]
-    assert gain > 0.25, s  # measured 0.66 (seed 0); 0.29-0.66 over seeds 0-3
+    assert gain > 0.25, s  # measured 0.68 (seed 0); 0.40-0.68 over seeds 0-3
     assert 0.0 < s["final_eval_seq_kl"] < 15.0, s
     rows = read_metrics(ppo_run)
     for key in ("seq_kl", "approx_kl", "clipfrac", "entropy", "response_length", "distinct_2",
@@ -91,7 +91,7 @@ def test_critic_free_estimators_raise_gold_reward(world, sft_model, tmp_path, es
     assert s["samples_per_prompt"] == 4 and s["critic"] is None
     rows = [r for r in read_metrics(tmp_path) if "pg_loss" in r]
     assert all(torch.isfinite(torch.tensor(r["pg_loss"])) for r in rows)
-    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.25, s  # measured 0.52-0.70 over seeds 0-3
+    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.25, s  # measured RLOO 0.38-0.75, GRPO 0.49-0.73 over seeds 0-3
 
 
 def test_grpo_one_update_reuses_its_forward_and_matches_the_rollout_logprobs_path(world, sft_model, tmp_path,

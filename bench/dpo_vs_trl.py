@@ -61,32 +61,12 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
 
 
 def main() -> None:
-    from reward_vs_trl import pair_tokens
+    from reward_vs_trl import pair_bench
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.common_args(ap, steps=20)
-    ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
-    a = ap.parse_args()
-    if a.worker:
-        return C.serve_worker(a, run_ours, run_trl, "pairs_per_s", a.steps * a.batch)
-
-    out, world, dirs, peak = C.parent_setup(a)
-    results = {}
-    sides = ["ours", "ours_pre", "trl"]
-    for name, mdir in dirs.items():
-        steps = C.model_steps(a, name)
-        n_pairs = steps * a.batch
-        data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
-        tokens = pair_tokens(mdir, data)
-        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
-        runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "pairs_per_s", f"dpo {name}")
-        n = C.matmul_params(mdir)
-        fpp = 8 * n * tokens / n_pairs  # policy fwd+bwd (6N) + reference fwd (2N) per token
-        results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
-                         **C.summarise(runs, "pairs_per_s", [("ours", "trl"), ("ours_pre", "trl")],
-                                       dict.fromkeys(sides, fpp))}
-    C.finish(out, "dpo_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "beta": BETA, "unit": "pairs/s",
-                                             "timer": "training loop only (+ the precompute pass for ours_pre)"}, peak)
+    # Policy forward + backward (6N per token) and the reference forward (2N per token).
+    pair_bench(__file__, "dpo", run_ours, run_trl, sides=["ours", "ours_pre", "trl"],
+               pairs=[("ours", "trl"), ("ours_pre", "trl")], flops_per_token=8, seq_cls=False,
+               setting={"beta": BETA, "timer": "training loop only (+ the precompute pass for ours_pre)"})
 
 
 if __name__ == "__main__":

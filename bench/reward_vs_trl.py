@@ -62,8 +62,12 @@ def pair_tokens(model_dir: Path, data: Path) -> int:
     return sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], pairs: list[tuple[str, str]],
+               flops_per_token: int, seq_cls: bool, setting: dict) -> None:
+    """The whole preference-pair benchmark (reward here, DPO in dpo_vs_trl.py): arguments, the
+    child side, and in the parent per model the same ``steps x batch`` pairs for every side, A/B
+    runs, ratios and MFU (``flops_per_token`` x N x tokens per run, N from ``matmul_params``)."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     C.common_args(ap, steps=20)
     ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     a = ap.parse_args()
@@ -72,18 +76,25 @@ def main() -> None:
 
     out, world, dirs, peak = C.parent_setup(a)
     results = {}
-    for name, mdir in dirs.items():
-        steps = C.model_steps(a, name)
+    for model, mdir in dirs.items():
+        steps = C.model_steps(a, model)
         n_pairs = steps * a.batch
         data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
         tokens = pair_tokens(mdir, data)
         args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
-        runs = C.ab_runs(__file__, args, ["ours", "trl"], a.rounds, a.threads, "pairs_per_s", f"reward {name}")
-        n = C.matmul_params(mdir, seq_cls=True)
-        fpp = 6 * n * tokens / n_pairs  # training FLOPs per pair
-        results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
-                         **C.summarise(runs, "pairs_per_s", [("ours", "trl")], {"ours": fpp, "trl": fpp})}
-    C.finish(out, "reward_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "pairs/s"}, peak)
+        runs = C.ab_runs(script, args, sides, a.rounds, a.threads, "pairs_per_s", f"{name} {model}")
+        n = C.matmul_params(mdir, seq_cls=seq_cls)
+        fpp = flops_per_token * n * tokens / n_pairs  # training FLOPs per pair
+        results[model] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
+                          **C.summarise(runs, "pairs_per_s", pairs, dict.fromkeys(sides, fpp))}
+    C.finish(out, f"{name}_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "pairs/s",
+                                                 **setting}, peak)
+
+
+def main() -> None:
+    # Bradley-Terry training: forward + backward of the scorer, 6N per token.
+    pair_bench(__file__, "reward", run_ours, run_trl, sides=["ours", "trl"], pairs=[("ours", "trl")],
+               flops_per_token=6, seq_cls=True, setting={})
 
 
 if __name__ == "__main__":

@@ -445,10 +445,10 @@ def test_rlhf_label_serve_starts_on_a_fresh_file_and_prints_the_url(tmp_path):
     """`rlhf label serve` as a user types it: a fresh SQLite file, the first admin created, the URL
     printed, the server answering on 127.0.0.1; stopped at the end."""
     import os
-    import selectors
     import socket
     import subprocess
     import sys
+    import threading
     import time
     from pathlib import Path
 
@@ -462,15 +462,17 @@ def test_rlhf_label_serve_starts_on_a_fresh_file_and_prints_the_url(tmp_path):
     proc = subprocess.Popen([exe, "label", "serve", f"store={db}", f"port={port}", "create_admin=root"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out = []
+    out: list[str] = []
+    # A reader thread, not select() + readline(): readline can pull several lines into the text
+    # wrapper's buffer, after which select() never reports the pipe readable again and the last
+    # lines ("Application startup complete") are never seen (a CI flake).
+    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + 90
-        while not any("Uvicorn running" in line or "Application startup complete" in line for line in out):
+        while not any("Uvicorn running" in line or "Application startup complete" in line for line in list(out)):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(out)
-            if sel.select(timeout=1):
-                out.append(proc.stdout.readline())
+            time.sleep(0.1)
         text = "".join(out)
         assert f"open http://127.0.0.1:{port}/" in text
         password = re.search(r"created admin 'root' with password: (\S+)", text).group(1)

@@ -271,6 +271,9 @@ class RewardConfig(PairTrainConfig):
     def _tie_param_valid(self) -> "RewardConfig":
         if self.ties == "rao_kupper" and self.tie_param <= 1.0:
             raise ValueError("tie_param must be > 1 for Rao-Kupper ties")
+        if self.use_margin and self.ties != "drop":
+            raise ValueError(f"use_margin with ties '{self.ties}': the tie likelihoods have no margin term, "
+                             "so the margins would be silently ignored; set ties=drop or use_margin=false")
         return self
 
 
@@ -412,11 +415,10 @@ class PPOConfig(TrainConfig):
     """Sampling temperature of rollouts; every log-prob (rollout, reference, training) divides
     the logits by it (item 12)."""
 
-    top_k: int = Field(0, ge=0)
-    """Top-k filter of rollout sampling (0: off)."""
-
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    """Nucleus filter of rollout sampling (1: off)."""
+    max_prompt_length: int | None = Field(None, gt=0)
+    """Prompt tokens kept (from the end: that is what a response answers; a leading BOS stays);
+    longer prompts are cut from the left with a counted warning. Default and upper bound: the
+    model's context (`max_position_embeddings`) minus `max_new_tokens`."""
 
     reward_model: str | None = None
     """Reward model directory (`rlhf reward` output; its stored offset/scale are applied)."""
@@ -443,6 +445,11 @@ class PPOConfig(TrainConfig):
 
     kl_horizon: float = Field(10000.0, gt=0.0)
     """Horizon (in episodes) of the adaptive KL controller."""
+
+    scale_rewards: Literal["group", "none"] = "group"
+    """GRPO only: divide each group's centred scores by the group's std ('group', Shao et al. 2024)
+    or not ('none': Dr. GRPO, Liu et al. 2025, which finds the division favours prompts whose
+    samples barely differ)."""
 
     kl_in: Literal["reward", "loss"] = "reward"
     """Where the KL penalty goes: 'reward' (k1 per token in the reward, the PPO-RLHF classic) or
@@ -531,6 +538,13 @@ class PPOConfig(TrainConfig):
             raise ValueError(f"estimator '{self.estimator}' needs num_samples >= 2")
         if self.kl_in == "loss" and self.estimator == "ppo":
             raise ValueError("kl_in 'loss' is for rloo / grpo; PPO puts the KL in the reward")
+        if self.scale_rewards != "group" and self.estimator != "grpo":
+            raise ValueError(f"scale_rewards is a GRPO setting; estimator is '{self.estimator}'")
+        if self.lora_r and self.lora_dropout > 0:
+            # A LoRA branch with dropout makes two forwards of the same weights differ: the first
+            # PPO ratio is then not 1 and the KL to the adapter-off reference is noise.
+            raise ValueError("lora_dropout must be 0 for RL (item 7: with dropout the policy ratio of "
+                             "the first minibatch is not 1)")
         if self.ref_model and self.lora_r:
             raise ValueError("ref_model with LoRA: the reference is the adapter-off policy; drop one of them")
         return self

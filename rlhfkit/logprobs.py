@@ -31,7 +31,7 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: flo
     attention mask, so left- and right-padded batches give the same numbers.
     """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"])
+                position_ids=batch["position_ids"], use_cache=False)
     lp = token_logprobs(out.logits, batch["input_ids"], temperature)  # (B, T-1)
     mask = batch[mask_key][:, 1:].to(lp.dtype)  # (B, T-1)
     return (lp * mask).sum(-1), mask.sum(-1)

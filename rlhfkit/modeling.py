@@ -7,7 +7,10 @@ Rules enforced here so no stage has to remember them:
   with EOS silently breaks "read the score at the last real token" and teaches a policy that EOS
   is noise (RLHF-DETAILS items 2 and 10).
 - Dropout is switched off in models used for RLHF/DPO (item 7): otherwise two forwards of the
-  same input give different log-probs and the first PPO ratio is not 1.
+  same input give different log-probs and the first PPO ratio is not 1. It is zeroed in the
+  config *before* the model is built and then on every module, because architectures keep
+  their own float copies (OPT's ``self.dropout``, Llama/Qwen2/Mistral attention's
+  ``self.attention_dropout``) that a config change after construction never reaches.
 - Final models are plain Hugging Face directories (safetensors) that load with `transformers`
   alone; LoRA adapters are merged before the final save.
 - No pickle from outside is ever unpickled: weights are safetensors, and checkpoints are read
@@ -72,7 +75,8 @@ def load_causal_lm(name_or_path: str, tokenizer=None, *, dtype: str = "float32",
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+        config = _load_config(name_or_path, disable_dropout)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, dtype=torch_dtype(dtype))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load causal LM from '{name_or_path}': {e}") from None
     if tokenizer is not None:
@@ -112,9 +116,10 @@ def load_reward_model(name_or_path: str, tokenizer=None, *, dtype: str = "float3
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = _load_config(name_or_path, disable_dropout)
         is_rm = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1,
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
                                                                    dtype=torch_dtype(dtype))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a reward model from '{name_or_path}': {e}") from None
@@ -144,26 +149,66 @@ def reward_head(model) -> nn.Linear:
     return linears[-1]
 
 
+def _is_drop_key(name: str) -> bool:
+    # dropout, attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, attn_pdrop, layerdrop,
+    # classifier_dropout, summary_first_dropout, ...: every probability of dropping something.
+    return "drop" in name.lower()
+
+
+def zero_dropout_config(config) -> None:
+    """Set every float dropout probability of a transformers config (and its sub-configs) to 0."""
+    for key, value in list(vars(config).items()):
+        if _is_drop_key(key) and isinstance(value, float) and not isinstance(value, bool):
+            setattr(config, key, 0.0)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # nested text/vision config
+            zero_dropout_config(value)
+
+
+def _load_config(name_or_path: str, disable_dropout: bool):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if disable_dropout:
+        zero_dropout_config(config)  # before instantiation: modules copy these floats in __init__
+    return config
+
+
 def disable_dropout_in(model: nn.Module) -> None:
-    """Zero every dropout probability (modules and config-level attention dropout)."""
+    """Zero every dropout probability: the config, ``nn.Dropout`` modules, and the float copies
+    that modules keep as attributes (``self.dropout``, ``self.attention_dropout``,
+    ``self.layerdrop``, ...) and read in ``forward`` whatever the config says later."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    cfg = getattr(model, "config", None)
-    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if cfg is not None and isinstance(getattr(cfg, key, None), float):
-            setattr(cfg, key, 0.0)
+        for key, value in list(vars(m).items()):
+            if _is_drop_key(key) and isinstance(value, float):
+                setattr(m, key, 0.0)
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict"):
+            zero_dropout_config(cfg)
 
 
 def apply_lora(model, *, r: int, alpha: float, dropout: float, target_modules):
-    """Wrap ``model`` with LoRA adapters (peft is imported only here: it is optional)."""
+    """Wrap ``model`` with LoRA adapters (peft is imported only here: it is optional).
+
+    The task type follows the model: a ``...ForSequenceClassification`` reward model gets
+    ``SEQ_CLS``, so peft trains its scalar head in full (``modules_to_save``) and the merged
+    model saves it; ``CAUSAL_LM`` there crashes (no ``prepare_inputs_for_generation``) and would
+    leave the fresh head untrained."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ModelError("lora_r > 0 needs the 'peft' package: pip install 'rlhfkit[lora]'") from None
+    seq_cls = type(model).__name__.endswith("ForSequenceClassification")
+    extra = {"modules_to_save": [_head_name(model)]} if seq_cls else {}
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                     task_type="CAUSAL_LM")
+                     task_type="SEQ_CLS" if seq_cls else "CAUSAL_LM", **extra)
     return get_peft_model(model, cfg)
+
+
+def _head_name(model) -> str:
+    head = reward_head(model)
+    return next(name for name, m in model.named_modules() if m is head).split(".")[-1]
 
 
 def is_peft(model) -> bool:
@@ -188,6 +233,7 @@ def save_hf(model, tokenizer, out_dir: str | os.PathLike, *, extra_config: dict[
     if extra_config:
         for k, v in extra_config.items():
             setattr(model.config, k, v)
+    _make_generation_config_savable(model)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
@@ -195,6 +241,33 @@ def save_hf(model, tokenizer, out_dir: str | os.PathLike, *, extra_config: dict[
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+_SAMPLE_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+
+
+def _make_generation_config_savable(model) -> None:
+    """Checkpoints often ship a generation config that transformers refuses to save (e.g.
+    ``do_sample: false`` with a ``temperature``): the final save would then crash after the whole
+    run. Unset the sampling-only flags that greedy decoding ignores anyway, with a warning."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None:
+        return
+    try:
+        gc.validate(strict=True)
+        return
+    except ValueError as e:
+        first = str(e).strip().splitlines()[1:2]
+    if not gc.do_sample:
+        dropped = {k: getattr(gc, k) for k in _SAMPLE_ONLY if getattr(gc, k, None) is not None}
+        for k in dropped:
+            setattr(gc, k, None)
+        log.warning("the model's generation config is invalid (%s); saving it without the sampling-only "
+                    "settings that greedy decoding ignores: %s", " ".join(first), dropped)
+    try:
+        gc.validate(strict=True)
+    except ValueError as e:
+        raise ModelError(f"the model's generation config cannot be saved: {e}") from None
 
 
 def chat_renderer(tokenizer) -> Callable[[list[dict], bool], str] | None:

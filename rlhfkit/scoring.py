@@ -34,7 +34,7 @@ def ensemble_members(model_dir: str | Path) -> list[Path]:
 def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B,) un-normalised scores; the model pools at the last non-pad token of each row."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"])
+                position_ids=batch["position_ids"], use_cache=False)
     return out.logits[:, 0].float()
 
 

@@ -66,7 +66,9 @@ def test_packing_blocks_and_positions():
     assert packed["completion_mask"] == [[0, 1, 1, 1], [1, 0, 0, 1]]
     b = SFTCollator(pad_token_id=0)(packed.to_list())
     assert "attention_mask" not in b  # block-diagonal mask comes from the position ids
-    assert b["labels"].tolist() == [[-100, 2, 3, 4], [5, -100, -100, 8]]
+    # An example's first token is "predicted" by the previous example's last token, which it
+    # cannot attend to: that boundary-crossing label carries no loss (token 4, and 5 at a block start).
+    assert b["labels"].tolist() == [[-100, 2, 3, -100], [-100, -100, -100, 8]]
 
 
 def test_pair_collator_stacks_chosen_then_rejected():

@@ -2,9 +2,18 @@
 
 Conventions (RLHF-DETAILS items 8, 10, 25):
 - prompt and completion are tokenised separately, then concatenated, so the prompt/completion
-  boundary is exact (tokenising the joined string can merge tokens across it). The tokenizer's
-  special tokens (e.g. BOS) are added to the prompt only; EOS is appended to the completion and
-  never to the prompt.
+  boundary is exact (tokenising the joined string can merge tokens across it).
+- Token ids equal what the model's own chat template produces (``apply_chat_template(...,
+  tokenize=True)``): a prompt that already starts with a special token -- the BOS a template
+  writes (Llama-3, Mistral, Gemma) or its first control token (ChatML ``<|im_start|>``, Phi-3
+  ``<|user|>``) -- was rendered by a template and is tokenised with ``add_special_tokens=False``,
+  as the template intends; plain text gets the tokenizer's own special tokens (e.g. BOS).
+  Adding them to rendered text gave ``[BOS, BOS, ...]``. The test is on the text, so it also
+  holds for rendered prompts that were written to a file and read back (feedback exports).
+- A response ends with exactly one EOS: a reply rendered by a template already ends with its
+  end-of-turn token (EOS), followed at most by white space (ChatML's ``"<|im_end|>\n"``), which
+  is dropped -- generation stops at EOS, so that is where a reward model must read its score; a
+  reply without EOS gets one appended. Never EOS at the end of a prompt.
 - ``completion_mask`` marks the tokens that carry loss (completion and its EOS).
 - Over-long sequences are truncated on a documented side: "right" drops the completion's tail,
   "left" drops the prompt's beginning. Rows left with no completion token are dropped and
@@ -12,8 +21,11 @@ Conventions (RLHF-DETAILS items 8, 10, 25):
 - Training batches are right-padded; generation prompts are left-padded. Both carry
   ``position_ids = cumsum(mask) - 1`` so that left and right padding give the same log-probs.
 - Packing concatenates examples into ``max_length`` blocks with position ids restarting at 0
-  for every example and no attention mask: transformers then builds a block-diagonal causal
-  mask from the position ids, so packed examples never attend to each other.
+  for every example. The forward gets an explicit block-diagonal causal mask built from those
+  positions (:func:`packed_causal_mask`), so packed examples never attend to each other.
+  Relying on transformers to derive it from the position ids is not enough: it does so only
+  without a KV cache, and some architectures (OPT) never do. The label that crosses a boundary
+  (an example's first token, "predicted" by the previous example's last) carries no loss.
 """
 
 from __future__ import annotations
@@ -33,17 +45,12 @@ def tokenize_sft(rows: list[dict], tokenizer, *, max_length: int,
     token left after truncation."""
     import datasets
 
-    eos = tokenizer.eos_token_id
-
     def encode(batch: dict) -> dict:
         # Batched fast-tokenizer calls: a 5 MB JSONL tokenises in seconds.
-        p_ids = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
-        c_ids = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+        p_ids = encode_prompts(tokenizer, batch["prompt"])
+        c_ids = encode_responses(tokenizer, batch["completion"])
         out_ids, out_mask = [], []
         for p, c in zip(p_ids, c_ids):
-            if p and p[-1] == eos:  # some tokenizers append EOS as a special token; keep it out of prompts
-                p = p[:-1]
-            c = c + [eos]
             ids, mask = p + c, [0] * len(p) + [1] * len(c)
             if len(ids) > max_length:
                 if truncation_side == "right":
@@ -112,6 +119,19 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0) * mask
 
 
+def packed_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) per-example positions of packed rows -> (B, 1, T, T) additive attention mask:
+    0 where query t may see key s (same example, s <= t), the dtype's minimum elsewhere. A new
+    example starts wherever the position is 0. Every row sees at least itself (padding forms its
+    own segment), so no softmax row is empty."""
+    seg = (position_ids == 0).long().cumsum(-1)  # (B, T) example index of each token
+    t = position_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()  # (T, T)
+    allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & causal  # (B, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
 def pad(seqs: list[list[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
     """Pad lists of ints to one (B, T_max) long tensor on the given side."""
     t_max = max(len(s) for s in seqs)
@@ -150,7 +170,7 @@ class SFTCollator:
         labels = input_ids.masked_fill(loss_mask == 0, IGNORE_INDEX)
         if "position_ids" in examples[0]:
             # Packed: padding forms its own segment (positions from 0) that is fully masked out
-            # of the loss; no attention mask so transformers derives the block-diagonal mask.
+            # of the loss; the forward builds the block-diagonal mask (packed_causal_mask).
             pos = [e["position_ids"] for e in examples]
             position_ids = pad(pos, 0, self.padding_side)
             t_max = input_ids.shape[1]
@@ -162,6 +182,9 @@ class SFTCollator:
                         position_ids[i, len(p):] = fill
                     else:
                         position_ids[i, :n_pad] = fill
+            # The first token of each packed example is predicted by the last token of the one
+            # before it, which it never attends to: that label crosses a boundary, so no loss.
+            labels = labels.masked_fill(position_ids == 0, IGNORE_INDEX)
             return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         return {"input_ids": input_ids, "attention_mask": attn, "labels": labels,
                 "position_ids": position_ids_from_mask(attn)}
@@ -192,10 +215,60 @@ def response_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], p
 # ----------------------------------------------------------------------------- preference pairs
 
 
-def _encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+def _special_prefixes(tokenizer) -> tuple[str, ...]:
+    specials = set(tokenizer.all_special_tokens)
+    specials |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return tuple(sorted((s for s in specials if s), key=len, reverse=True))
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Prompt texts -> token ids: special tokens added only to text that does not already start
+    with one (see the module docstring), and never an EOS at the end (item 25)."""
+    prefixes = _special_prefixes(tokenizer)
+    rendered = [p.startswith(prefixes) for p in prompts]
+    ids: list[list[int] | None] = [None] * len(prompts)
+    for flag in (True, False):
+        idx = [i for i, r in enumerate(rendered) if r is flag]
+        if idx:
+            enc = tokenizer([prompts[i] for i in idx], add_special_tokens=not flag)["input_ids"]
+            for i, e in zip(idx, enc):
+                ids[i] = e
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    # Some tokenizers append EOS as a special token; keep it out of prompts (OPT's BOS is its EOS:
+    # a lone leading BOS stays).
+    return [p[:-1] if p and p[-1] == eos and p != [bos] else p for p in ids]
+
+
+_encode_prompts = encode_prompts  # the name the rest of the package has used
+
+
+def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
+    """Response texts -> token ids that end with exactly one EOS (module docstring): a rendered
+    reply keeps everything through its last EOS and loses the white space a template writes after
+    it; any other text gets EOS appended."""
     eos = tokenizer.eos_token_id
-    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    return [p[:-1] if p and p[-1] == eos else p for p in ids]  # EOS never ends a prompt (item 25)
+    out = []
+    for r in tokenizer(responses, add_special_tokens=False)["input_ids"]:
+        if eos in r:
+            last = len(r) - 1 - r[::-1].index(eos)
+            if not tokenizer.decode(r[last + 1:]).strip():
+                out.append(r[:last + 1])
+                continue
+        out.append(r + [eos])
+    return out
+
+
+def fit_prompts(prompt_ids: list[list[int]], limit: int, bos_token_id: int | None) -> tuple[list[list[int]], int]:
+    """Cut prompts longer than ``limit`` tokens from the left (the end is what a response
+    answers), keeping a leading BOS; returns ``(prompts, number truncated)``."""
+    out, n = [], 0
+    for p in prompt_ids:
+        if len(p) > limit:
+            n += 1
+            keep_bos = bos_token_id is not None and p[0] == bos_token_id and limit > 1
+            p = ([p[0]] + p[len(p) - limit + 1:]) if keep_bos else p[len(p) - limit:]
+        out.append(p)
+    return out, n
 
 
 def _fit(prompt: list[int], response: list[int], max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
@@ -216,21 +289,20 @@ def tokenize_pairs(rows: list[dict], tokenizer, *, max_length: int, max_prompt_l
     """
     import datasets
 
-    eos = tokenizer.eos_token_id
     max_prompt_length = max_prompt_length or max_length // 2
 
     def encode(batch: dict) -> dict:
-        prompts = _encode_prompts(tokenizer, batch["prompt"])
-        chosen = tokenizer(batch["chosen"], add_special_tokens=False)["input_ids"]
-        rejected = tokenizer(batch["rejected"], add_special_tokens=False)["input_ids"]
+        prompts = encode_prompts(tokenizer, batch["prompt"])
+        chosen = encode_responses(tokenizer, batch["chosen"])
+        rejected = encode_responses(tokenizer, batch["rejected"])
         out: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
         for p, c, r in zip(prompts, chosen, rejected):
             # Fit chosen and rejected against the same prompt cut so both see identical context.
             longest = c if len(c) >= len(r) else r
-            p_cut, _ = _fit(p, longest + [eos], max_length, max_prompt_length)
+            p_cut, _ = _fit(p, longest, max_length, max_prompt_length)
             out["prompt_ids"].append(p_cut)
-            out["chosen_ids"].append(_fit(p_cut, c + [eos], max_length, max_prompt_length)[1])
-            out["rejected_ids"].append(_fit(p_cut, r + [eos], max_length, max_prompt_length)[1])
+            out["chosen_ids"].append(_fit(p_cut, c, max_length, max_prompt_length)[1])
+            out["rejected_ids"].append(_fit(p_cut, r, max_length, max_prompt_length)[1])
         return out
 
     table = {"prompt": [r["prompt"] for r in rows], "chosen": [r["chosen"] for r in rows],
@@ -277,11 +349,10 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str], 
                            max_prompt_length: int | None = None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids + EOS) per row, truncated like `tokenize_pairs`: how a response
     is presented to a reward model for scoring."""
-    eos = tokenizer.eos_token_id
     max_prompt_length = max_prompt_length or max_length // 2
-    p_ids = _encode_prompts(tokenizer, prompts)
-    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    return [_fit(p, r + [eos], max_length, max_prompt_length) for p, r in zip(p_ids, r_ids)]
+    p_ids = encode_prompts(tokenizer, prompts)
+    r_ids = encode_responses(tokenizer, responses)
+    return [_fit(p, r, max_length, max_prompt_length) for p, r in zip(p_ids, r_ids)]
 
 
 def tokenize_rankings(rows: list[dict], tokenizer, *, max_length: int, max_prompt_length: int | None = None):
@@ -290,14 +361,13 @@ def tokenize_rankings(rows: list[dict], tokenizer, *, max_length: int, max_promp
     stored and later scored once, however many of the C(K,2) pairs it takes part in."""
     import datasets
 
-    eos = tokenizer.eos_token_id
     max_prompt_length = max_prompt_length or max_length // 2
-    prompts = _encode_prompts(tokenizer, [r["prompt"] for r in rows])
-    flat = tokenizer([x for r in rows for x in r["responses"]], add_special_tokens=False)["input_ids"]
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows])
+    flat = encode_responses(tokenizer, [x for r in rows for x in r["responses"]])
     out: dict[str, list] = {"prompt_ids": [], "response_ids": [], "ranks": []}
     i = 0
     for row, p in zip(rows, prompts):
-        resp = [x + [eos] for x in flat[i:i + len(row["responses"])]]
+        resp = flat[i:i + len(row["responses"])]
         i += len(row["responses"])
         p_cut, _ = _fit(p, max(resp, key=len), max_length, max_prompt_length)
         out["prompt_ids"].append(p_cut)

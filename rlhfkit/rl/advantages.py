@@ -137,3 +137,23 @@ def grpo_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-4, scale: boo
     if scale:
         centred = centred / (g.std(dim=1, keepdim=True) + eps)
     return centred.reshape(-1)
+
+
+def group_advantages(estimator: str, score: torch.Tensor, seq_kl: torch.Tensor, beta: float, k: int, *,
+                     scale: bool = True) -> torch.Tensor:
+    """Sequence advantages of the critic-free estimators with the KL penalty in the reward.
+
+    score (n_prompts * k,) task scores; seq_kl (same shape) summed k1 per sample; beta 0 when
+    the KL is in the loss instead. RLOO is linear, so ``rloo(score - beta * kl)`` is exact. GRPO
+    standardises the *task score* within the group first and then subtracts
+    ``beta * (kl - group mean kl)``: standardising ``score - beta * kl`` as a whole would divide
+    the KL term by the group std, so in a group whose task scores tie the advantage is
+    ``-standardised(kl)`` at full strength whatever beta is (the KL then steers the policy
+    alone). Here advantages scale with beta in such a group. ``scale=False``: Dr. GRPO.
+    """
+    if estimator == "rloo":
+        return rloo_advantages(score.float() - beta * seq_kl.float(), k)
+    if estimator == "grpo":
+        adv = grpo_advantages(score, k, scale=scale)
+        return adv - beta * grpo_advantages(seq_kl, k, scale=False) if beta else adv
+    raise ValueError(f"group advantages are for 'rloo' / 'grpo', got {estimator!r}")

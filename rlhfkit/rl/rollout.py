@@ -5,19 +5,24 @@ Implementation details (RLHF-DETAILS items 7-12):
 1. Prompts are tokenised without EOS and left-padded with the real PAD token plus an attention
    mask, so every prompt ends in the same column P and one batched ``generate`` call with the KV
    cache samples all of them (the fast path; it is the default and the only path).
-2. Sampling: temperature (0.7 is common in RL), ``top_k=0`` and ``top_p=1`` by default, at most
-   ``max_new_tokens``, stopping at EOS.
+2. Sampling: temperature (0.7 is common in RL), at most ``max_new_tokens``, stopping at EOS, and
+   nothing else: :mod:`rlhfkit.generation` runs ``generate`` under a fully specified config of
+   our own, so a checkpoint's ``generation_config.json`` (repetition penalty, n-gram blocking,
+   minimum length, bad words, extra EOS ids...) cannot make the sampler differ from the
+   distribution whose log-probs are trained on. No top-k / top-p either: truncated sampling with
+   log-probs of the full softmax is off-policy (TRL and OpenRLHF accept that bias; we do not).
+   Prompts longer than ``max_prompt_length`` (default: the context minus ``max_new_tokens``) are
+   cut from the left with a counted warning.
 3. Everything after the first EOS is padding: its ids are set to PAD and it is 0 in
    ``attention_mask`` and ``response_mask``. ``ended_with_eos`` looks at the response only.
 4. The sequences keep the generation layout: (B, P) left-padded prompt then (B, R) response
    columns, with ``position_ids = cumsum(mask) - 1``. Training forwards reuse these tensors.
 5. Log-probs of the sampled tokens are recomputed with one ordinary forward pass (not taken from
-   ``generate``'s scores, which are post-processed by top-k/top-p and come from the incremental
-   KV-cache path) and with logits divided by the same temperature, via the shared
-   :func:`rlhfkit.logprobs.token_logprobs`. The training forward is then the same computation,
-   so the first PPO ratio is 1 to float error in fp32. With top-k/top-p the log-probs are those
-   of the temperature-scaled full softmax, as in TRL and OpenRLHF (the truncation is treated as
-   part of the environment).
+   ``generate``'s incremental KV-cache path) with logits divided by the same temperature, via the
+   shared :func:`rlhfkit.logprobs.token_logprobs`. The training forward is then the same
+   computation, so the first PPO ratio is 1 to float error in fp32, and these log-probs equal
+   those of the distribution ``generate`` sampled from (tests/test_conformance.py checks both on
+   eight architectures with hostile generation configs).
 6. The model is put in eval mode (no dropout, item 7) while sampling and scoring.
 """
 
@@ -30,7 +35,8 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.data.collate import _encode_prompts, left_pad_prompts, position_ids_from_mask
+from rlhfkit.data.collate import left_pad_prompts, position_ids_from_mask
+from rlhfkit.generation import generate, prompt_ids_for, sampling_config
 from rlhfkit.logprobs import token_logprobs
 
 
@@ -79,7 +85,7 @@ def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     for s in range(0, input_ids.shape[0], batch_size):
         sl = slice(s, s + batch_size)
         logits = model(input_ids=input_ids[sl], attention_mask=attention_mask[sl],
-                       position_ids=position_ids[sl]).logits  # (b, T, V)
+                       position_ids=position_ids[sl], use_cache=False).logits  # (b, T, V)
         lp = token_logprobs(logits, input_ids[sl], temperature)  # (b, T-1)
         out.append(lp * response_mask[sl, 1:].to(lp.dtype))
     return torch.cat(out)
@@ -101,12 +107,14 @@ def truncate_after_eos(new_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple
 
 @torch.no_grad()
 def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
-                     max_new_tokens: int = 48, temperature: float = 0.7, top_k: int = 0,
-                     top_p: float = 1.0, batch_size: int = 64, seed: int | None = None,
-                     prompt_ids: list[list[int]] | None = None, compute_logprobs: bool = True) -> Rollout:
+                     max_new_tokens: int = 48, temperature: float = 0.7, batch_size: int = 64,
+                     seed: int | None = None, prompt_ids: list[list[int]] | None = None,
+                     max_prompt_length: int | None = None, compute_logprobs: bool = True) -> Rollout:
     """Sample ``num_samples`` responses per prompt and build a :class:`Rollout`.
 
-    ``prompt_ids`` may be given instead of tokenising ``prompts`` (they must not end in EOS).
+    ``prompt_ids`` may be given instead of tokenising ``prompts`` (they must not end in EOS and
+    must already fit: see :func:`rlhfkit.generation.prompt_ids_for`); otherwise the prompts are
+    tokenised and cut to ``max_prompt_length`` and the model's context here.
     ``seed`` reseeds the global generator that ``generate`` draws from; None leaves it alone (a
     training loop that checkpoints RNG state wants that). ``compute_logprobs=False`` skips the
     policy forward and leaves ``logprobs`` zero, for a caller that takes them from its own
@@ -122,18 +130,19 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids = prompt_ids if prompt_ids is not None else _encode_prompts(tokenizer, list(prompts))
+    ids = prompt_ids if prompt_ids is not None else prompt_ids_for(
+        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length)
     # Group layout: each prompt repeated k times, contiguously.
     ids = [list(p) for p in ids for _ in range(num_samples)]
     texts_in = [p for p in prompts for _ in range(num_samples)]
 
     t0 = time.perf_counter()
     chunks = []
+    config = sampling_config(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                             temperature=temperature)
     for s in range(0, len(ids), batch_size):
         batch = {k: v.to(device) for k, v in left_pad_prompts(ids[s:s + batch_size], pad).items()}
-        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, top_k=top_k, top_p=top_p,
-                             pad_token_id=pad, eos_token_id=eos, use_cache=True)
+        gen = generate(model, batch, config)
         chunks.append(gen[:, batch["input_ids"].shape[1]:])  # (b, <= max_new_tokens)
     gen_seconds = time.perf_counter() - t0
 

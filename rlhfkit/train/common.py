@@ -149,6 +149,16 @@ def global_count(accelerator, value: float | int) -> float:
     return float(t.item())
 
 
+def global_token_normalizer(accelerator, mask: torch.Tensor) -> torch.Tensor:
+    """What each process divides its masked token *sum* by so that, after DDP averages the
+    gradients over N processes, the update is that of the token mean over all processes' tokens:
+    ``(tokens on all processes) / N``. With one process it is this mask's token count (at least 1)."""
+    n = mask.detach().float().sum()
+    if accelerator.num_processes > 1:
+        n = accelerator.reduce(n.clone(), reduction="sum") / accelerator.num_processes
+    return n.clamp(min=1.0)
+
+
 def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
     """Clip (if asked), step optimizer and scheduler, zero grads; returns the pre-clip grad norm.
 

@@ -5,8 +5,11 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
 1. One explicit loop per step: rollout -> score -> no-EOS penalty -> per-token KL to the frozen
    reference -> values -> GAE -> whiten -> PPO epochs -> log. The mechanics are the shared
    ones in :mod:`rlhfkit.rl` and :mod:`rlhfkit.losses`; this file only wires them.
-2. Rollouts (``generate_rollout``): left-padded prompts, KV cache, temperature 0.7, top_k 0,
-   top_p 1 by default; everything after the first EOS is padding (items 8-10). The rollout's
+2. Rollouts (``generate_rollout``): prompts tokenised once (one BOS; chat templates respected)
+   and cut from the left to ``max_prompt_length`` / the context with a counted warning;
+   left-padded, KV cache, temperature 0.7 and no other processor (the checkpoint's
+   generation_config.json is not applied, so samples come from exactly the distribution whose
+   log-probs are trained); everything after the first EOS is padding (items 8-10). The rollout's
    log-probs, the reference's and the training forward's all divide the logits by the sampling
    temperature (item 12), so on the first minibatch of the first epoch the ratio is 1 to float
    error: logged as ``first_ratio`` / ``first_approx_kl`` / ``first_clipfrac``. RLOO/GRPO with
@@ -20,7 +23,10 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    off; with LoRA the same weights with the adapter disabled, item 23). PPO puts ``-beta * k1``
    on every response token and the score on the last one (item 13). RLOO / GRPO subtract
    ``beta * sequence k1`` from the sequence reward (``kl_in: reward``) or add ``beta * k3`` to
-   the loss (``kl_in: loss``, GRPO's choice; item 20). beta is fixed or adaptive (item 16); the
+   the loss (``kl_in: loss``, GRPO's choice; item 20). GRPO with ``kl_in: reward`` standardises
+   the task score within the group *first* and subtracts ``beta * (seq k1 - group mean)`` after,
+   so beta keeps control of the KL (dividing score - beta * KL by its group std made the KL term
+   full-strength in every group whose task rewards tie); ``scale_rewards: none`` is Dr. GRPO. beta is fixed or adaptive (item 16); the
    controller is updated once per step with the batch's mean sequence KL and checkpointed.
 5. Critic (PPO only): a separate network, ``AutoModelForSequenceClassification`` initialised
    from the reward model (default) or from the policy with a small fresh head (item 17). Its
@@ -42,7 +48,9 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    the policy (clipped surrogate, clip 0.2) and for the critic (clipped value loss, clip 0.2,
    ``0.5 * mean(max(sq, sq_clipped))``) (item 15). Separate AdamW optimizers (eps 1e-5) and
    linear schedules over all minibatch steps (item 18). Tokens after EOS are masked out of every
-   loss and statistic.
+   loss and statistic. Losses are token means over the minibatch of *all* processes (each
+   process divides its token sum by the global count / world, since DDP averages gradients), so
+   N processes update like one process holding the whole minibatch.
 8. Monitors logged every step (item 19): mean sequence KL (sum over tokens of logp - ref_logp),
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
@@ -87,13 +95,15 @@ from rlhfkit.modeling import (
     reward_head,
     save_hf,
 )
-from rlhfkit.rl.advantages import gae, grpo_advantages, per_token_rewards, rloo_advantages, whiten
+from rlhfkit.generation import prompt_ids_for
+from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whiten
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
 from rlhfkit.train.common import (
     RunState,
     batch_indices,
     clip_and_step,
+    global_token_normalizer,
     make_optimizer,
     make_scheduler,
     progress,
@@ -120,7 +130,8 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         trunk = getattr(self.net, self.net.base_model_prefix)
-        h = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        h = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state
         v = (reward_head(self.net)(h).squeeze(-1).float() - self.offset) / self.scale
         return v[:, :-1]  # (B, T-1), aligned with token log-probs
 
@@ -138,7 +149,7 @@ class PolicyWithValueHead(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True)
+                          output_hidden_states=True, use_cache=False)
         h = out.hidden_states[-1]
         v = self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()
         return out.logits, v[:, :-1]  # values aligned with token log-probs
@@ -199,6 +210,11 @@ def train(cfg: PPOConfig) -> Path:
     global_sum = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None  # noqa: E731
 
     policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
+    # Item 2: prompts tokenised once (one BOS, chat templates respected) and cut to fit.
+    prompt_ids = prompt_ids_for(policy, tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                max_prompt_length=cfg.max_prompt_length, what="training prompts")
+    eval_ids = prompt_ids_for(policy, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens,
+                              max_prompt_length=cfg.max_prompt_length, what="evaluation prompts")
     ref = None
     if cfg.lora_r:
         policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -257,10 +273,9 @@ def train(cfg: PPOConfig) -> Path:
 
     reuse_lp = reuses_update_logprobs(cfg, n_mb)
 
-    def sample(prompt_list: list[str], num: int, logprobs: bool = True):
+    def sample(prompt_list: list[str], ids: list[list[int]], num: int, logprobs: bool = True):
         ro = generate_rollout(net, tok, prompt_list, num_samples=num, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                              compute_logprobs=logprobs)
+                              temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs)
         for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
             setattr(ro, f, getattr(ro, f).to(acc.device))
         return ro
@@ -271,7 +286,7 @@ def train(cfg: PPOConfig) -> Path:
             return {}
         with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed + 1000 + rank)  # the same samples at every evaluation point
-            ro = sample(mine, cfg.eval_num_samples)
+            ro = sample(mine, eval_ids[rank::world], cfg.eval_num_samples)
         out = {"eval_proxy": _mean(acc, reward_fn(ro.prompts, ro.texts)),
                "eval_seq_kl": _mean(acc, (kl_k1(ro.logprobs, ref_logprobs(ro)) * ro.token_mask).sum(-1).tolist())}
         if gold_fn:
@@ -284,8 +299,8 @@ def train(cfg: PPOConfig) -> Path:
     policy.train()
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(prompts), global_batch=global_batch, seed=cfg.seed)
-        ro = sample([prompts[i] for i in idx[rank * cfg.per_device_batch_size:(rank + 1) * cfg.per_device_batch_size]], k,
-                    logprobs=not reuse_lp)
+        mine = idx[rank * cfg.per_device_batch_size:(rank + 1) * cfg.per_device_batch_size]
+        ro = sample([prompts[i] for i in mine], [prompt_ids[i] for i in mine], k, logprobs=not reuse_lp)
         mask = ro.token_mask.float()  # (B, T-1)
         proxy, score = score_rollout(ro, reward_fn, no_eos_penalty=cfg.no_eos_penalty,
                                      penalty_mode=cfg.no_eos_penalty_mode)
@@ -321,8 +336,8 @@ def train(cfg: PPOConfig) -> Path:
                 if cfg.whiten_advantages:
                     adv = whiten(adv, mask, sum_across=global_sum)
             else:
-                seq_r = score - beta * seq_kl if cfg.kl_in == "reward" else score
-                a = rloo_advantages(seq_r, k) if cfg.estimator == "rloo" else grpo_advantages(seq_r, k)
+                a = group_advantages(cfg.estimator, score, seq_kl, beta if cfg.kl_in == "reward" else 0.0, k,
+                                     scale=cfg.scale_rewards == "group")
                 adv = a.unsqueeze(1) * mask
 
         sums: dict[str, float] = {}
@@ -332,24 +347,28 @@ def train(cfg: PPOConfig) -> Path:
             for mb_i, mb in enumerate(torch.randperm(len(score), generator=g).split(cfg.mini_batch_size)):
                 mb = mb.to(acc.device)
                 ids, mb_mask = ro.input_ids[mb], mask[mb]
+                # Global token mean: DDP averages gradients over processes, so each process
+                # divides its token sum by (all processes' tokens / world), not its own count.
+                n_tok = global_token_normalizer(acc, mb_mask)
                 if head:
                     logits, v = policy(ids, ro.attention_mask[mb], ro.position_ids[mb])
                 else:
                     logits = policy(input_ids=ids, attention_mask=ro.attention_mask[mb],
-                                    position_ids=ro.position_ids[mb]).logits
+                                    position_ids=ro.position_ids[mb], use_cache=False).logits
                 lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
                 if reuse_lp:  # the only update: its forward is the sampling policy's
                     old_lp[mb] = lp.detach() * mb_mask
-                loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange)
+                loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange, num_tokens=n_tok)
                 if cfg.kl_in == "loss":
-                    kl_loss = masked_mean(kl_k3(lp, ref_lp[mb]), mb_mask)
+                    kl_loss = (kl_k3(lp, ref_lp[mb]) * mb_mask).sum() / n_tok
                     loss = loss + beta * kl_loss
                     pm["kl_loss"] = kl_loss.item()
                 with torch.no_grad():
                     pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
                 pm["pg_loss"] = loss.item()
                 if head:
-                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value)
+                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
+                                                num_tokens=n_tok)
                     loss = loss + cfg.vf_coef * v_loss
                     pm.update(vm, vf_loss=v_loss.item())
                 acc.backward(loss)
@@ -357,7 +376,8 @@ def train(cfg: PPOConfig) -> Path:
                     run.nonfinite(step + 1, pm["pg_loss"])
                 if ppo and not head:
                     v = critic(ids, ro.attention_mask[mb], ro.position_ids[mb])
-                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value)
+                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
+                                                num_tokens=n_tok)
                     acc.backward(v_loss)
                     if clip_and_step(acc, critic, v_opt, v_sched, cfg.max_grad_norm) is None:
                         run.nonfinite(step + 1, v_loss.item())

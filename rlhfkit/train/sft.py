@@ -17,8 +17,11 @@ Implementation details (each has a failure mode it prevents):
    and resume needs only the step number.
 5. AdamW (no decay on 1-D params), linear warmup then cosine/linear decay, gradient clipping
    by global norm. The scheduler steps once per optimizer step regardless of process count.
-6. Optional packing into ``max_length`` blocks with per-example position ids (no cross-example
-   attention, see data/collate.py).
+6. Optional packing into ``max_length`` blocks with per-example position ids and an explicit
+   block-diagonal causal mask (transformers derives one from position ids only without a KV
+   cache, and OPT never does: examples then attend to each other). The label crossing a boundary
+   is masked, so a packed batch's loss equals the unpacked one's (see data/collate.py). Every
+   forward passes ``use_cache=False``.
 7. Dropout is off by default (the SFT model becomes the RLHF reference; item 7).
 8. Checkpoints every ``save_every`` steps are atomic (temp dir + rename); ``resume: true``
    restores model, optimizer, scheduler, RNG states and the step, and trims metrics.jsonl to
@@ -38,7 +41,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.data.collate import SFTCollator, pack, take, tokenize_sft
+from rlhfkit.data.collate import SFTCollator, pack, packed_causal_mask, take, tokenize_sft
 from rlhfkit.losses import IGNORE_INDEX, token_nll
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
@@ -80,9 +83,7 @@ def train(cfg: SFTConfig) -> Path:
         with torch.no_grad():
             for i in range(0, len(mine), cfg.eval_batch_size):
                 b = collate(eval_ds.select(mine[i:i + cfg.eval_batch_size]).to_list())
-                b = {k: v.to(acc.device) for k, v in b.items()}
-                labels = b.pop("labels")
-                s, c = token_nll(net(**b).logits, labels)
+                s, c = batch_nll(net, {k: v.to(acc.device) for k, v in b.items()})
                 nll, n = nll + s.item(), n + c.item()
         net.train()
         nll, n = global_count(acc, nll), global_count(acc, n)
@@ -105,12 +106,10 @@ def train(cfg: SFTConfig) -> Path:
         nll_sum = 0.0
         for j, b in enumerate(batches):
             b = {k: v.to(acc.device) for k, v in b.items()}
-            labels = b.pop("labels")
             sync = j == len(batches) - 1
             with nullcontext() if sync else acc.no_sync(model):
                 with acc.autocast():
-                    logits = model(**b).logits  # (B, T, V)
-                nll, _ = token_nll(logits, labels)
+                    nll, _ = batch_nll(model, b)
                 acc.backward(nll * scale)
             nll_sum += nll.item()
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
@@ -149,6 +148,19 @@ def train(cfg: SFTConfig) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of a collated SFT batch's label tokens and their count (item 3). A packed batch
+    (position ids, no attention mask) gets an explicit block-diagonal causal mask (item 6), except
+    under flash attention, whose variable-length path reads the boundaries from the positions."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    net = getattr(model, "module", model)  # DDP wraps the model; config and dtype live inside
+    attn_impl = str(getattr(net.config, "_attn_implementation", "") or "")
+    if "attention_mask" not in inputs and "position_ids" in inputs and not attn_impl.startswith("flash"):
+        inputs["attention_mask"] = packed_causal_mask(inputs["position_ids"], net.dtype)
+    logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+    return token_nll(logits, batch["labels"])
 
 
 def _write_samples(cfg: SFTConfig, model, tok, eval_rows: list[dict], run_dir: Path) -> None:

@@ -89,8 +89,18 @@ def load_causal_lm(name_or_path: str, tokenizer=None, *, dtype: str = "float32",
 def match_vocab(model, tokenizer) -> None:
     """Grow the embedding matrix when the tokenizer has more tokens than the model, and tell the
     model's configs which ids are pad/eos/bos so that `generate` and saved configs agree."""
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        # New rows (the added PAD) are the mean of the old ones, not random draws: every load of
+        # the same checkpoint must give the same model, or a policy and its reference (loaded
+        # separately) differ from step 0 (a nonzero KL and first ratio on pad-less tokenizers).
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                          if m is not None}.values():
+                layer.weight[old:] = layer.weight[:old].mean(0)
+                if getattr(layer, "bias", None) is not None and layer.bias.shape[0] > old:
+                    layer.bias[old:] = layer.bias[:old].mean()
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is None:
             continue

@@ -72,13 +72,13 @@ _CORPUS = [
 ]
 
 # Conversations every cell renders: single turn, multi-turn, and one with a system message
-# (Mistral's template drops it, as Mistral's own does not accept one).
+# (Mistral's template drops it, as Mistral's own does not accept one). All fit the 64-token context.
 CONVERSATIONS = [
     [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how are you?"}],
-    [{"role": "user", "content": "what is the capital of france?"},
+    [{"role": "user", "content": "the capital of france?"},
      {"role": "assistant", "content": "paris."},
      {"role": "user", "content": "and of italy?"},
-     {"role": "assistant", "content": "rome, the capital of italy."}],
+     {"role": "assistant", "content": "rome."}],
     [{"role": "system", "content": "be brief."}, {"role": "user", "content": "list three colours"},
      {"role": "assistant", "content": "red, green, blue"}],
 ]

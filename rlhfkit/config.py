@@ -527,6 +527,17 @@ class PPOConfig(TrainConfig):
             raise ValueError(f"reward functions must be 'module:function' or 'gold', got {bad}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_truncated_sampling(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = [k for k in ("top_k", "top_p") if k in data]
+            if bad:
+                raise ValueError(f"{'/'.join(bad)}: RL rollouts sample from the full temperature softmax, whose "
+                                 "log-probs are the ones trained on; top-k / top-p sampling would make PPO, RLOO "
+                                 "and GRPO off-policy, so these keys do not exist for this stage (use temperature)")
+        return data
+
     @model_validator(mode="after")
     def _ppo_consistent(self) -> PPOConfig:
         n_sources = int(self.reward_model is not None) + len(self.reward_functions)

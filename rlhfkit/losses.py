@@ -123,6 +123,20 @@ def ranking_pair_indices(ranks: Sequence[int]) -> tuple[list[int], list[int]]:
     return better, worse
 
 
+def ranking_tie_indices(ranks: Sequence[int]) -> tuple[list[int], list[int]]:
+    """All tied index pairs ``(i, j)``, i < j, of one prompt's ranked responses (equal ranks), in
+    lexicographic order: the pairs :func:`ranking_pair_indices` leaves out. E.g. ranks
+    [0, 1, 1] -> ([1], [2]); a tied pair read as a ranking, [1, 1] -> ([0], [1])."""
+    a: list[int] = []
+    b: list[int] = []
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            if ranks[i] == ranks[j]:
+                a.append(i)
+                b.append(j)
+    return a, b
+
+
 def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
                   weighting: Literal["k_choose_2", "untied"] = "k_choose_2") -> dict[str, torch.Tensor]:
     """Index tensors for :func:`ranking_loss` over a batch of prompts with K_g ranked responses each.
@@ -131,7 +145,9 @@ def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
     offset_g + K_g - 1`` of the reward vector), so each response is scored ONCE however many pairs
     it is in. Returns ``better`` (P,), ``worse`` (P,) as int64 indices into that flat vector,
     ``pair_weight`` (P,) float, ``group`` (P,) the prompt index of each pair, ``group_ids`` (N,)
-    the prompt index of each response, and ``num_prompts`` (0-dim int64).
+    the prompt index of each response, and ``num_prompts`` (0-dim int64); and the tied pairs
+    (equal ranks) for :func:`ranking_loss_with_ties`: ``tie_a``, ``tie_b`` (T,) int64 indices,
+    ``tie_weight`` (T,) float and ``tie_group`` (T,). :func:`ranking_loss` ignores the tied pairs.
 
     Weighting (InstructGPT, Ouyang et al. 2022, sec. 3.5 and eq. 1: each prompt's C(K,2)
     comparisons form one batch element with weight 1/C(K,2), since shuffling them in as
@@ -145,6 +161,11 @@ def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
       pair weighs exactly 1. This gives the single surviving comparison of a mostly tied (and
       likely noisy, near-indifferent) ranking the same total weight as a fully ordered ranking
       of K responses, which is why it is not the default.
+
+    A tied pair weighs ``1/C(K_g, 2)`` under either weighting: when ties are fitted (Rao-Kupper /
+    Davidson) it is one of the prompt's C(K_g, 2) comparisons like any other, so with the default
+    weighting every prompt, fully tied ones included, weighs exactly 1; and a tied pair read as a
+    2-way ranking weighs 1, as the tied pair does on the pair path.
     """
     if weighting not in ("k_choose_2", "untied"):
         raise ValueError(f"weighting must be 'k_choose_2' or 'untied', got {weighting!r}")
@@ -153,6 +174,10 @@ def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
     weight: list[float] = []
     group: list[int] = []
     group_ids: list[int] = []
+    tie_a: list[int] = []
+    tie_b: list[int] = []
+    tie_weight: list[float] = []
+    tie_group: list[int] = []
     offset = 0
     for g, ranks in enumerate(ranks_per_prompt):
         k = len(ranks)
@@ -163,6 +188,12 @@ def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
             worse += [offset + j for j in w]
             weight += [1.0 / denom] * len(b)
             group += [g] * len(b)
+        ta, tb = ranking_tie_indices(ranks)
+        if ta:
+            tie_a += [offset + i for i in ta]
+            tie_b += [offset + j for j in tb]
+            tie_weight += [1.0 / (k * (k - 1) / 2)] * len(ta)
+            tie_group += [g] * len(ta)
         group_ids += [g] * k
         offset += k
     return {
@@ -172,6 +203,10 @@ def ranking_batch(ranks_per_prompt: Sequence[Sequence[int]],
         "group": torch.tensor(group, dtype=torch.long),  # (P,)
         "group_ids": torch.tensor(group_ids, dtype=torch.long),  # (N,)
         "num_prompts": torch.tensor(len(ranks_per_prompt), dtype=torch.long),  # ()
+        "tie_a": torch.tensor(tie_a, dtype=torch.long),  # (T,)
+        "tie_b": torch.tensor(tie_b, dtype=torch.long),  # (T,)
+        "tie_weight": torch.tensor(tie_weight, dtype=torch.float32),  # (T,)
+        "tie_group": torch.tensor(tie_group, dtype=torch.long),  # (T,)
     }
 
 
@@ -183,7 +218,8 @@ def ranking_loss(rewards: torch.Tensor, better: torch.Tensor, worse: torch.Tenso
     ``loss = sum_p w_p * -log sigmoid(r[better_p] - r[worse_p]) / num_prompts``
     (Ouyang et al. 2022, eq. 1, with ``w_p = 1/C(K,2)`` from :func:`ranking_batch`). With
     ``weighting="untied"`` weights and no fully tied prompt this is the mean over prompts of each
-    prompt's mean pair loss; with the default ``1/C(K,2)`` a prompt with ties weighs less.
+    prompt's mean pair loss; with the default ``1/C(K,2)`` a prompt with ties weighs less. Tied
+    pairs carry no term here (ties dropped); :func:`ranking_loss_with_ties` fits them.
 
     ``num_prompts`` is a caller argument, not inferred, because a fully tied prompt has no pairs
     and still counts, and because under gradient accumulation / several processes the divisor
@@ -205,6 +241,45 @@ def ranking_loss(rewards: torch.Tensor, better: torch.Tensor, worse: torch.Tenso
             "accuracy": correct.mean().item() if n else float("nan"),
             "weighted_accuracy": ((w * correct).sum() / w.sum()).item() if n else float("nan"),
             "pairs": float(n),
+            "margin": diff.mean().item() if n else float("nan"),
+        }
+    return loss, metrics
+
+
+def ranking_loss_with_ties(rewards: torch.Tensor, better: torch.Tensor, worse: torch.Tensor,
+                           pair_weight: torch.Tensor, tie_a: torch.Tensor, tie_b: torch.Tensor,
+                           tie_weight: torch.Tensor, num_prompts: torch.Tensor | int | float,
+                           theta: torch.Tensor | float,
+                           model: TieModel = "rao_kupper") -> tuple[torch.Tensor, dict[str, float]]:
+    """The K-way ranking loss with ties fitted (Rao-Kupper or Davidson, :func:`tie_model_log_probs`):
+
+    ``loss = (sum_p w_p * -log P(better_p > worse_p) + sum_t v_t * -log P(a_t ~ b_t)) / num_prompts``
+
+    with the index tensors and weights of :func:`ranking_batch` (``w`` = ``pair_weight``, ``v`` =
+    ``tie_weight``). It is :func:`bt_with_ties_loss` on rankings: a 2-way ranking with ranks
+    [1, 2] gives ``-log P(win)`` and a tied pair read as a ranking ([1, 1]) ``-log P(tie)``, each
+    with weight 1, so a batch of 2-way rankings has exactly the pair path's loss; a tie is never a
+    win for either side, and wins use the tie model's win probability, not plain ``sigmoid(d)``.
+
+    Shapes: rewards (N,); better, worse, pair_weight (P,); tie_a, tie_b, tie_weight (T,).
+    Metrics: ``accuracy`` over untied pairs (nan if none), ``pairs`` and ``ties`` (counts),
+    ``p_tie`` (mean over tied pairs, nan if none), ``margin`` (mean r_better - r_worse).
+    """
+    r = rewards.float()  # (N,)
+    log_win, _, _ = tie_model_log_probs(r[better], r[worse], theta, model)  # (P,)
+    _, _, log_tie = tie_model_log_probs(r[tie_a], r[tie_b], theta, model)  # (T,)
+    w = pair_weight.to(r)  # (P,)
+    v = tie_weight.to(r)  # (T,)
+    denom = torch.as_tensor(num_prompts, dtype=r.dtype, device=r.device).clamp(min=1)
+    loss = (-(w * log_win).sum() - (v * log_tie).sum()) / denom
+    with torch.no_grad():
+        diff = r[better] - r[worse]  # (P,)
+        n, n_tie = diff.numel(), log_tie.numel()
+        metrics = {
+            "accuracy": (diff > 0).float().mean().item() if n else float("nan"),
+            "pairs": float(n),
+            "ties": float(n_tie),
+            "p_tie": log_tie.exp().mean().item() if n_tie else float("nan"),
             "margin": diff.mean().item() if n else float("nan"),
         }
     return loss, metrics

@@ -101,3 +101,22 @@ def test_resolved_config_roundtrips(tmp_path, model_dir):
 def test_every_field_is_documented():
     for name, field in SFTConfig.model_fields.items():
         assert field.description, f"SFTConfig.{name} has no docstring"
+
+
+def test_settings_that_would_silently_break_rlhf_are_named_errors(tmp_path, model_dir):
+    """Each of these used to be accepted and then ignored or quietly wrong."""
+    from rlhfkit.config import PPOConfig, RewardConfig, config_from_dict
+
+    base = {"model": model_dir, "data": "d.jsonl"}
+    ppo = {**base, "reward_functions": ["gold"]}
+    cases = [
+        (RewardConfig, {**base, "use_margin": True, "ties": "davidson"}, "use_margin with ties 'davidson'"),
+        (PPOConfig, {**ppo, "lora_r": 8, "lora_dropout": 0.05}, "lora_dropout must be 0 for RL"),
+        (PPOConfig, {**ppo, "estimator": "rloo", "scale_rewards": "none"}, "scale_rewards is a GRPO setting"),
+        (PPOConfig, {**ppo, "top_k": 50}, "top_k: RL rollouts sample from the full temperature softmax"),
+    ]
+    for cls, data, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            config_from_dict(cls, data)
+    assert config_from_dict(PPOConfig, {**ppo, "estimator": "grpo", "scale_rewards": "none"}).scale_rewards == "none"
+    assert config_from_dict(RewardConfig, {**base, "use_margin": True}).use_margin

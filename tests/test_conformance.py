@@ -57,7 +57,8 @@ def _conversations(tok) -> list[list[dict]]:
 def test_token_ids_equal_the_models_own_template(zoo, arch, template):
     """One BOS, one end-of-turn: SFT examples, RL / evaluation prompts and preference pairs are
     tokenised to exactly ``apply_chat_template(..., tokenize=True)`` (bug 4)."""
-    from rlhfkit.data.collate import encode_prompts, tokenize_pairs, tokenize_sft
+    from rlhfkit.data.collate import tokenize_pairs, tokenize_sft
+    from rlhfkit.rl.rollout import generate_rollout
 
     tok, model = _load(zoo, arch, template)
     sft_rows = _rows(tok, "sft")
@@ -67,7 +68,9 @@ def test_token_ids_equal_the_models_own_template(zoo, arch, template):
         assert ids == template_ids(tok, conv), (tok.decode(ids), tok.decode(template_ids(tok, conv)))
         assert max(ids) < model.get_input_embeddings().weight.shape[0]
     prompts = [r["prompt"] for r in _rows(tok, "prompt")]
-    for conv, ids in zip(CONVERSATIONS, encode_prompts(tok, prompts)):
+    # The prompts an RL rollout (and evaluation / collection sampling) feeds the model.
+    ro = generate_rollout(model, tok, prompts, max_new_tokens=1, temperature=1.0, seed=0)
+    for conv, ids in zip(CONVERSATIONS, ro.query_ids):
         assert ids == template_ids(tok, conv[:-1], add_generation_prompt=True)
         if tok.bos_token_id is not None:
             assert ids.count(tok.bos_token_id) <= 1

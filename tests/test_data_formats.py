@@ -172,6 +172,38 @@ def test_pairs_become_two_way_rankings():
     assert out == [{"prompt": "p", "responses": [" good", " bad"], "ranks": [1, 2]}]
 
 
+def test_tied_pairs_read_as_rankings_stay_tied():
+    # Regression: a pair row with `tie: true` read as a ranking used to become ranks [1, 2], a
+    # win for "chosen". Equal ranks are the ranking schema's tie, so it must become [1, 1], for
+    # explicit and implicit (shared-prompt) pairs and every accepted spelling of the flag.
+    explicit = [{"prompt": "p", "chosen": " a", "rejected": " b", "tie": True},
+                {"prompt": "p", "chosen": " a", "rejected": " c", "tie": "true"},
+                {"prompt": "p", "chosen": " a", "rejected": " d", "tie": 1},
+                {"prompt": "p", "chosen": " a", "rejected": " e", "tie": False},
+                {"prompt": "p", "chosen": " a", "rejected": " f", "tie": None},
+                {"prompt": "p", "chosen": " a", "rejected": " g"}]
+    out, _ = norm(explicit, "ranking")
+    assert [r["ranks"] for r in out] == [[1, 1], [1, 1], [1, 1], [1, 2], [1, 2], [1, 2]]
+    assert out[0] == {"prompt": "p", "responses": [" a", " b"], "ranks": [1, 1]}
+    implicit = [{"chosen": "Q: hi A: hello", "rejected": "Q: hi A: bye", "tie": "yes"},
+                {"chosen": "Q: hi A: hello", "rejected": "Q: hi A: go", "tie": "false"}]
+    out, _ = norm(implicit, "ranking")
+    assert out == [{"prompt": "Q: hi A:", "responses": [" hello", " bye"], "ranks": [1, 1]},
+                   {"prompt": "Q: hi A:", "responses": [" hello", " go"], "ranks": [1, 2]}]
+    conversational = [{"prompt": [user("hi")], "chosen": [asst("hello")], "rejected": [asst("yo")],
+                       "tie": True}]
+    assert norm(conversational, "ranking")[0][0]["ranks"] == [1, 1]
+    # the tied pair is no preference: expanding it back to pairs gives none (never chosen > rejected)
+    assert ranking_to_pairs(norm(explicit[:1], "ranking")[0][0]) == []
+    # the tie flag is checked on this path too, as for kind 'preference'
+    with pytest.raises(DataError, match=r"data.jsonl, row 1, field 'tie'"):
+        norm([{"prompt": "p", "chosen": "a", "rejected": "b", "tie": "maybe"}], "ranking")
+    # a ranking row of the user's with all ranks equal is still refused: without an explicit tie
+    # flag it is far more likely a broken ranks column than a statement that all are equal
+    with pytest.raises(DataError, match="all responses have the same rank"):
+        norm([{"prompt": "p", "responses": ["a", "b"], "ranks": [2, 2]}], "ranking")
+
+
 def test_ranking_to_pairs_with_tie():
     row = {"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [2, 1, 2, 3]}
     assert ranking_to_pairs(row) == [

@@ -90,6 +90,38 @@ def test_rankings_expand_to_pairs_and_ties_are_dropped(tmp_path):
     assert report["eval_pairs"]["ties_dropped"] == 1
 
 
+def test_tie_pairs_are_dropped_with_a_count_never_trained_as_wins(world, tmp_path, caplog):
+    # DPO has no tie likelihood: a tied pair (explicit or implicit prompt, any spelling of the flag)
+    # is dropped, counted in the report and logged, never trained as chosen > rejected.
+    import logging
+
+    from rlhfkit.errors import DataError
+    from rlhfkit.train.data import load_split
+
+    rows = [{"prompt": "p", "chosen": " a", "rejected": " b", "tie": True},
+            {"prompt": "p", "chosen": " c", "rejected": " d", "tie": False},
+            {"prompt": "q", "chosen": " e", "rejected": " f", "tie": "true"},
+            {"prompt": "q", "chosen": " g", "rejected": " h"}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    implicit = tmp_path / "implicit.jsonl"
+    implicit.write_text(json.dumps({"chosen": "Q: hi A: yes", "rejected": "Q: hi A: no", "tie": 1}) + "\n"
+                        + json.dumps({"chosen": "Q: hi A: ok", "rejected": "Q: hi A: bad"}) + "\n")
+    cfg = DPOConfig(model="some/model", data=str(data), eval_data=str(implicit))
+    with caplog.at_level(logging.INFO, logger="rlhfkit.train.data"):
+        train_rows, eval_rows, report = load_split(cfg, "pairs")
+    assert [(r["chosen"], r["rejected"]) for r in train_rows] == [(" c", " d"), (" g", " h")]
+    assert [(r["chosen"], r["rejected"]) for r in eval_rows] == [(" ok", " bad")]
+    assert report["train_pairs"]["ties_dropped"] == 2 and report["eval_pairs"]["ties_dropped"] == 1
+    assert "dropped 2 tie pairs" in caplog.text
+    # a file of ties only leaves nothing to train on: a clear error, not an empty run
+    only_ties = tmp_path / "ties.jsonl"
+    only_ties.write_text("".join(json.dumps({**r, "tie": True}) + "\n" for r in rows))
+    with pytest.raises(DataError, match="every pair is a tie"):
+        train(DPOConfig(model=str(world / "base"), data=str(only_ties), eval_fraction=0.0,
+                        output_dir=str(tmp_path / "out")))
+
+
 def test_conversational_pairs_get_eos_on_responses_only(world, tmp_path):
     from rlhfkit.data.collate import tokenize_pairs
     from rlhfkit.modeling import chat_renderer, load_tokenizer
@@ -203,7 +235,10 @@ def test_step0_is_ln2_and_precomputed_reference_matches_live(sft_model, prefs, t
     assert m_live[1]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert m_live[1]["margins"] == pytest.approx(0.0, abs=1e-6)
     l_live, l_pre = losses_of(tmp_path / "live"), losses_of(tmp_path / "pre")
-    assert len(l_live) == 4 and l_live[-1] < l_live[0]  # and it learns
+    # And it learns: the held-out loss falls (the per-step training losses are on different
+    # batches, so their first-vs-last order depends on which pairs each step drew).
+    s_live = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert len(l_live) == 4 and s_live["final_eval_loss"] < s_live["initial_eval_loss"], s_live
     assert l_pre == pytest.approx(l_live, rel=1e-4, abs=1e-5)
     wl, wp = weights(live), weights(pre)
     for k in wl:

@@ -99,9 +99,20 @@ def test_login_throttle_by_hand():
     assert t.retry_after(key) == 0
 
 
-def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store):
+def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store, monkeypatch):
+    # A fake clock: with a real 0.5 s window, slow password hashing on a loaded machine let the
+    # failures age out before the fourth attempt (a CI flake).
+    import rlhfkit.feedback.app as app_module
+
+    now = [0.0]
+
+    class FakeClockThrottle(app_module.LoginThrottle):
+        def __init__(self, max_failures, window_s):
+            super().__init__(max_failures, window_s, clock=lambda: now[0])
+
+    monkeypatch.setattr(app_module, "LoginThrottle", FakeClockThrottle)
     with TestClient(create_app(store.url, secret="s", store=store, login_max_failures=3,
-                               login_window_s=0.5)) as client:
+                               login_window_s=60.0)) as client:
         for _ in range(3):
             assert client.post("/api/login", json={"name": "alice", "password": "guess"}).status_code == 401
         r = client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]})
@@ -110,7 +121,7 @@ def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store):
         r = client.post("/login", data={"name": "alice", "password": PASSWORDS["alice"]}, follow_redirects=False)
         assert r.status_code == 429 and "too many failed logins" in r.text  # the form shares the count
         assert client.post("/api/login", json={"name": "bob", "password": PASSWORDS["bob"]}).status_code == 200
-        time.sleep(0.6)  # the window passes
+        now[0] += 61.0  # the window passes
         assert client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]}).status_code == 200
 
 

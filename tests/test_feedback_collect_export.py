@@ -206,7 +206,8 @@ def test_export_per_judgement_and_ties(three_annotators):
     assert all(x["agreement"] == pytest.approx(2 / 3) for x in t1)
     kept, _ = export_rows(s, "p", ties="keep")
     ties = [x for x in kept if x["tie"]]
-    assert len(ties) == 1 and ties[0]["tie_kind"] == "tie_good" and ties[0]["margin"] is None
+    # every preference row has a strength, so the margin column stays; a tie has no strength: 0.0
+    assert len(ties) == 1 and ties[0]["tie_kind"] == "tie_good" and ties[0]["margin"] == 0.0
     ranking, _ = export_rows(s, "p", rankings="ranking")
     assert ranking[0]["responses"] == ["resp 0", "resp 1"] and ranking[0]["ranks"] == [1, 2]
 

@@ -10,6 +10,7 @@ from rlhfkit.losses import (
     bt_with_ties_loss,
     ranking_batch,
     ranking_loss,
+    ranking_loss_with_ties,
     ranking_pair_indices,
     reward_centering_loss,
     tie_loss,
@@ -167,6 +168,72 @@ def test_ranking_loss_k2_is_bradley_terry_and_gradients():
     loss.backward()
     assert rewards.grad[0] < 0 and rewards.grad[1] > 0  # prompt 0: response 0 better
     assert rewards.grad[3] < 0 and rewards.grad[2] > 0  # prompt 1: response 1 (row 3) better
+
+
+def test_ranking_batch_lists_tied_pairs():
+    # Regression: the ranking path must know its tied pairs to fit them (ties=rao_kupper|davidson).
+    b = ranking_batch([[0, 1, 1], [2, 0, 1, 0], [0, 0]])
+    # prompt 0 (rows 0..2): 1~2; prompt 1 (rows 3..6, ranks 2 0 1 0): 4~6; prompt 2 (rows 7, 8): 7~8
+    assert b["tie_a"].tolist() == [1, 4, 7]
+    assert b["tie_b"].tolist() == [2, 6, 8]
+    assert b["tie_group"].tolist() == [0, 1, 2]
+    # each a comparison of its prompt like any other: 1/C(K, 2), so with ties fitted every prompt
+    # (a tied pair too: 1/C(2, 2) = 1) weighs exactly 1
+    assert b["tie_weight"].tolist() == approx([1 / 3, 1 / 6, 1.0])
+    assert (b["pair_weight"][b["group"] == 1].sum() + b["tie_weight"][1]).item() == approx(1.0)
+    assert b["better"].tolist() == [0, 0, 4, 5, 6, 4, 6]  # the untied pairs are unchanged
+    u = ranking_batch([[0, 1, 1], [2, 0, 1, 0], [0, 0]], weighting="untied")
+    assert u["tie_weight"].tolist() == approx([1 / 3, 1 / 6, 1.0])
+    none = ranking_batch([[1, 2, 3]])
+    assert none["tie_a"].tolist() == [] and none["tie_a"].dtype == torch.long
+
+
+def test_ranking_loss_with_ties_by_hand_rao_kupper():
+    theta = 2.0
+    # A tied pair read as a ranking ([1, 1]) with pi = 2 and 1: P(tie) = 3*2/((2+2)(1+4)) = 0.3,
+    # exactly the pair path's tie loss for the same scores.
+    one = ranking_batch([[1, 1]])
+    r = torch.tensor([math.log(2.0), 0.0])
+    loss, m = ranking_loss_with_ties(r, one["better"], one["worse"], one["pair_weight"], one["tie_a"],
+                                     one["tie_b"], one["tie_weight"], one["num_prompts"], theta, "rao_kupper")
+    assert loss.item() == approx(-math.log(0.3))
+    pair_tie, _ = tie_loss(r[:1], r[1:], theta, "rao_kupper")
+    assert loss.item() == approx(pair_tie.item())
+    assert m["ties"] == 1 and m["pairs"] == 0 and math.isnan(m["accuracy"]) and m["p_tie"] == approx(0.3)
+    # a tied pair and a won pair, as 2-way rankings, equal bt_with_ties_loss on the two pairs:
+    # win: P(2 beats 1) = 2/(2 + 2*1) = 0.5; tie: 0.3
+    b = ranking_batch([[1, 1], [1, 2]])
+    r = torch.tensor([math.log(2.0), 0.0, math.log(2.0), 0.0], requires_grad=True)
+    loss, m = ranking_loss_with_ties(r, b["better"], b["worse"], b["pair_weight"], b["tie_a"], b["tie_b"],
+                                     b["tie_weight"], b["num_prompts"], theta, "rao_kupper")
+    assert loss.item() == approx((-math.log(0.3) - math.log(0.5)) / 2)
+    pairs, _ = bt_with_ties_loss(torch.tensor([math.log(2.0)] * 2), torch.zeros(2),
+                                 torch.tensor([True, False]), theta, "rao_kupper")
+    assert loss.item() == approx(pairs.item())
+    assert m["accuracy"] == approx(1.0) and m["ties"] == 1 and m["pairs"] == 1
+    loss.backward()
+    assert r.grad[0] > 0 and r.grad[1] < 0  # the tie pulls its two rewards together ...
+    assert r.grad[2] < 0 and r.grad[3] > 0  # ... the win pushes them apart
+    # K = 3, ranks [1, 1, 2], pi = (2, 1, 1): wins 0>2: 2/(2+2) = 0.5, 1>2: 1/(1+2) = 1/3; tie 0~1: 0.3;
+    # every pair of the prompt weighs 1/C(3, 2)
+    b = ranking_batch([[1, 1, 2]])
+    r = torch.tensor([math.log(2.0), 0.0, 0.0])
+    loss, _ = ranking_loss_with_ties(r, b["better"], b["worse"], b["pair_weight"], b["tie_a"], b["tie_b"],
+                                     b["tie_weight"], b["num_prompts"], theta, "rao_kupper")
+    assert loss.item() == approx((-math.log(0.5) - math.log(1 / 3) - math.log(0.3)) / 3)
+
+
+def test_ranking_loss_with_ties_by_hand_davidson():
+    nu = 1.0
+    # pi = 4 vs 1: P(win) = 4/7, P(tie) = 2*1/7; pi = 1 vs 1: P(win) = 1/3
+    b = ranking_batch([[1, 1], [1, 2], [1, 1, 2]])
+    r = torch.tensor([math.log(4.0), 0.0, math.log(4.0), 0.0, math.log(4.0), 0.0, 0.0])
+    loss, _ = ranking_loss_with_ties(r, b["better"], b["worse"], b["pair_weight"], b["tie_a"], b["tie_b"],
+                                     b["tie_weight"], b["num_prompts"], nu, "davidson")
+    p0 = -math.log(2 / 7)
+    p1 = -math.log(4 / 7)
+    p2 = (-math.log(4 / 7) - math.log(1 / 3) - math.log(2 / 7)) / 3
+    assert loss.item() == approx((p0 + p1 + p2) / 3)
 
 
 # ----------------------------------------------------------------------------- ties

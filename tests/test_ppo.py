@@ -228,8 +228,10 @@ def test_gap_alarm_rule_by_hand():
 
 
 def test_gap_alarm_stops_a_hacked_run(world, sft_model, tmp_path):
-    train(cfg_for(world, sft_model, tmp_path, reward_functions=["test_ppo:length_reward"], max_steps=8,
-                  per_device_batch_size=8, eval_prompts=0, gold_reward=True, gap_alarm_steps=2, gap_alarm="stop",
+    # 32 prompts a step: with 8 the proxy is too noisy to widen the gap twice in a row before the
+    # hack takes off (measured gaps 1.04, 1.14, 1.02, 1.50, 2.39 -> stop at step 5, seed 0).
+    train(cfg_for(world, sft_model, tmp_path, reward_functions=["test_ppo:length_reward"], max_steps=12,
+                  per_device_batch_size=32, eval_prompts=0, gold_reward=True, gap_alarm_steps=2, gap_alarm="stop",
                   kl_coef=0.0))
     s = summary(tmp_path)
     rows = [r for r in read_metrics(tmp_path) if "proxy_gold_gap" in r]

@@ -4,6 +4,7 @@ audits catch a length-biased labeler, and its model reloads and scores identical
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,103 @@ def test_score_cli_two_processes(pool, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     scored = lines(out)
     assert len(scored) == 5 and all(isinstance(x["reward"], float) for x in scored)
+
+
+# ----------------------------------------------------------------------------- ties read as rankings
+#
+# Regression: pair rows with `tie: true` read in ranking mode (data_format=ranking) used to become
+# ranks [1, 2], so the ranking path trained every tie as a win for "chosen". A tied pair must be
+# treated there exactly as the pair path treats it: dropped with ties=drop, fitted as a tie with
+# rao_kupper / davidson.
+
+TIE_ROWS = [{"prompt": "p", "chosen": " a", "rejected": " b", "tie": True},
+            {"prompt": "p", "chosen": " c", "rejected": " d"},
+            {"prompt": "q", "chosen": " e", "rejected": " f", "tie": "true"}]
+
+
+def _rk(theta):
+    """(P(i > j), P(i ~ j)) under Rao-Kupper, written out with pi = exp(r)."""
+    def probs(ri, rj):
+        pi, pj = math.exp(ri), math.exp(rj)
+        return pi / (pi + theta * pj), (theta ** 2 - 1) * pi * pj / ((pi + theta * pj) * (pj + theta * pi))
+    return probs
+
+
+def _davidson(nu):
+    def probs(ri, rj):
+        pi, pj = math.exp(ri), math.exp(rj)
+        z = pi + pj + nu * math.sqrt(pi * pj)
+        return pi / z, nu * math.sqrt(pi * pj) / z
+    return probs
+
+
+@pytest.mark.parametrize("ties,param,center", [("rao_kupper", 1.5, 0.0), ("rao_kupper", 3.0, 0.1),
+                                               ("davidson", 0.8, 0.0), ("davidson", 2.0, 0.1)])
+def test_tied_pairs_read_as_rankings_get_the_pair_path_tie_loss(ties, param, center):
+    from rlhfkit.data.collate import RankingCollator
+    from rlhfkit.data.formats import normalize
+    from rlhfkit.train.reward import _pair_loss
+
+    pairs, _ = normalize(TIE_ROWS, "preference", source="t.jsonl")
+    rankings, _ = normalize(TIE_ROWS, "ranking", source="t.jsonl")
+    assert [r["ranks"] for r in rankings] == [[1, 1], [1, 2], [1, 1]]
+    cfg = RewardConfig(model="m", data="t.jsonl", ties=ties, tie_param=param, center_coef=center)
+    rc, rr = torch.tensor([0.4, 1.0, -0.2]), torch.tensor([-0.3, 0.2, 0.5])
+    # the pair path: (2B,) rewards, chosen then rejected
+    pair_b = {"tie": torch.tensor([bool(r.get("tie")) for r in pairs]), "margin": torch.zeros(3)}
+    pair_loss, n_pairs = _pair_loss(cfg, torch.cat([rc, rr]), pair_b)
+    # the ranking path: each row's responses in order, one flat (N,) vector
+    rank_b = RankingCollator(pad_token_id=0)(
+        [{"prompt_ids": [5], "response_ids": [[6, 2], [7, 2]], "ranks": r["ranks"]} for r in rankings])
+    rank_loss, n_prompts = _pair_loss(cfg, torch.stack([rc, rr], 1).reshape(-1), rank_b)
+    probs = _rk(param) if ties == "rao_kupper" else _davidson(param)
+    by_hand = (-math.log(probs(0.4, -0.3)[1]) - math.log(probs(1.0, 0.2)[0])
+               - math.log(probs(-0.2, 0.5)[1])) / 3
+    by_hand += center * ((0.4 - 0.3) ** 2 + (1.0 + 0.2) ** 2 + (-0.2 + 0.5) ** 2) / 3
+    assert pair_loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert rank_loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert n_pairs == n_prompts == 3
+
+
+def test_tied_pairs_read_as_rankings_train_as_in_pair_mode(world, tmp_path):
+    """End to end: the same pair file in ranking and in pair mode drops (ties=drop) or fits
+    (rao_kupper, davidson) the same ties and gives the same step losses, held-out report and
+    reward offset."""
+    from rlhfkit.errors import DataError
+
+    prompts = [r["prompt"] for r in lines(world / "prompts.jsonl")][:12]
+    rows = [{"prompt": p, "chosen": f" yes {i}", "rejected": f" no {i}", "tie": i % 3 == 0}
+            for i, p in enumerate(prompts)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    base = dict(model=str(world / "base"), max_steps=2, per_device_batch_size=4, max_length=64,
+                eval_fraction=0.25, log_every=1, learning_rate=1e-3, warmup_ratio=0.0, seed=0)
+
+    def run(name, **kw):
+        train(RewardConfig(data=str(data), output_dir=str(tmp_path / name), **base, **kw))
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        return summary, [r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
+
+    def same(a: dict, b: dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5, nan_ok=True), k
+
+    for ties, param in (("drop", 1.5), ("rao_kupper", 1.5), ("davidson", 0.8)):
+        s_rank, l_rank = run(f"rank_{ties}", data_format="ranking", ties=ties, tie_param=param)
+        s_pair, l_pair = run(f"pair_{ties}", data_format="pairs", ties=ties, tie_param=param)
+        assert s_rank["mode"] == "ranking" and s_pair["mode"] == "pairs"
+        n_train_ties = 9 - s_pair["train_examples"] if ties == "drop" else 0  # 12 rows, 3 held out
+        assert s_rank["train_examples"] == s_pair["train_examples"]
+        assert s_rank["data"].get("ties_dropped", 0) == s_pair["data"].get("ties_dropped", 0) == n_train_ties
+        assert (n_train_ties > 0) == (ties == "drop")
+        assert len(l_rank) == 2 and np.isfinite(l_rank).all()
+        np.testing.assert_allclose(l_rank, l_pair, rtol=1e-4)
+        same(s_rank["initial"], s_pair["initial"])
+        same(s_rank["final"], s_pair["final"])  # held-out ties: out of the accuracy, in the reward mean
+        assert s_rank["reward_offset"] == pytest.approx(s_pair["reward_offset"], rel=1e-4, abs=1e-5)
+    # nothing but ties with ties=drop: a clear error, not a crash deep in the trainer
+    all_tied = write_jsonl(tmp_path / "ties.jsonl", [{**r, "tie": True} for r in rows])
+    for fmt in ("ranking", "pairs"):
+        with pytest.raises(DataError, match="every training row is a tie"):
+            train(RewardConfig(**{**base, "eval_fraction": 0.0}, data=str(all_tied), data_format=fmt,
+                               output_dir=str(tmp_path / f"all_tied_{fmt}")))

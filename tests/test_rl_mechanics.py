@@ -138,6 +138,58 @@ def test_rloo_and_grpo_by_hand():
         rloo_advantages(rewards, 4)
 
 
+def test_group_advantages_keep_beta_in_control():
+    """GRPO with the KL in the reward: the task score is standardised within the group first, the
+    KL penalty is applied after, so in a group whose task scores tie the advantage is -beta times
+    the centred KL -- it scales with beta (bug: standardising score - beta * KL made it
+    -standardised(KL) whatever beta)."""
+    from rlhfkit.rl.advantages import group_advantages
+
+    score = torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0, 2.0, 6.0, 3.0])  # 2 prompts x k=4
+    kl = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0])
+    for beta in (0.01, 0.1, 1.0):
+        a = group_advantages("grpo", score, kl, beta, 4)
+        # group 0: kl mean 3 -> -beta * [-2, -1, 0, 3]; task part 0
+        assert a[:4].tolist() == pytest.approx([2 * beta, beta, 0.0, -3 * beta], abs=1e-6)
+        # group 1: task mean 3, deviations [-2, -1, 3, 0], std sqrt(14/3); kl mean 1
+        s = math.sqrt(14 / 3)
+        assert a[4:].tolist() == pytest.approx([-2 / s + beta, -1 / s + beta, 3 / s + beta, 0 - 3 * beta], abs=1e-3)
+    # Dr. GRPO: no division by the group std
+    a = group_advantages("grpo", score, kl, 0.1, 4, scale=False)
+    assert a[4:].tolist() == pytest.approx([-2 + 0.1, -1 + 0.1, 3 + 0.1, -0.3], abs=1e-6)
+    # RLOO is linear: its advantage of score - beta * kl is exact
+    assert group_advantages("rloo", score, kl, 0.1, 4).tolist() == approx(rloo_advantages(score - 0.1 * kl, 4).tolist())
+    assert group_advantages("grpo", score, kl, 0.0, 4).tolist() == approx(grpo_advantages(score, 4).tolist())
+
+
+def test_ppo_loss_is_the_global_token_mean_across_processes():
+    """Two processes with different token counts: the DDP-averaged gradient of each process's loss
+    (normalised by global_token_normalizer) equals one process's gradient of the token mean of the
+    whole minibatch (per-process means averaged would weight process 2's tokens 3x more)."""
+    from types import SimpleNamespace
+
+    from rlhfkit.train.common import global_token_normalizer
+
+    torch.manual_seed(0)
+    w = torch.randn(5, requires_grad=True)  # a "policy": logp_t = w . x_t
+    x = torch.randn(2, 6, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])  # 6 and 2 tokens
+    adv = torch.randn(2, 6)
+
+    def loss(rows, num_tokens):
+        lp = x[rows] @ w
+        return ppo_policy_loss(lp, lp.detach() - 0.1, adv[rows], mask[rows], num_tokens=num_tokens)[0]
+
+    (g_one,) = torch.autograd.grad(loss([0, 1], None), w)
+    grads = []
+    for r, other in ((0, 1), (1, 0)):  # each "process" holds one row; reduce adds the other's count
+        acc = SimpleNamespace(num_processes=2, reduce=lambda t, reduction, o=other: t + mask[o].sum())
+        grads.append(torch.autograd.grad(loss([r], global_token_normalizer(acc, mask[[r]])), w)[0])
+    torch.testing.assert_close((grads[0] + grads[1]) / 2, g_one)  # DDP averages over processes
+    naive = [torch.autograd.grad(loss([r], None), w)[0] for r in (0, 1)]
+    assert not torch.allclose((naive[0] + naive[1]) / 2, g_one, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- PPO losses
 
 

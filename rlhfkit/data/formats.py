@@ -45,7 +45,8 @@ Which formats each kind accepts:
   1/C(K, 2)) is a training decision. Load them with kind ``"ranking"`` and expand with
   :func:`ranking_to_pairs` where the weighting is handled.
 - ``"ranking"``: ranking, and pair formats (a pair becomes ``responses=[chosen, rejected]``,
-  ``ranks=[1, 2]``; its margin, if any, is dropped, as a ranking carries order only).
+  ``ranks=[1, 2]``, or ``ranks=[1, 1]`` when its ``tie`` flag is set, so a tie stays a tie; its
+  margin, if any, is dropped, as a ranking carries order only).
 - ``"prompt"``: every format with a prompt: the prompt column, a conversation minus its final
   assistant reply, or the shared prompt of implicit pairs. Not ``text``: it has no prompt/response
   boundary, so using it whole as a prompt would only hide a wrong ``--data``.
@@ -53,7 +54,10 @@ Which formats each kind accepts:
 Validation rules: required fields must be present and non-null; text fields must be non-blank
 strings (except an SFT prompt, which may be ``""``: that is the same as the ``text`` format);
 chosen must differ from rejected; messages need a known role (system/user/assistant/tool) and
-string content; optional ``margin`` and ``ranks`` count as absent when null. The format of a
+string content; optional ``margin`` and ``ranks`` count as absent when null; a ranking row needs
+at least two distinct ranks (all equal is refused as "all tied": with no tie flag to say so, a
+constant ``ranks`` column is more likely a mistake), while a pair row with ``tie: true`` read as a
+ranking is the tie ``[1, 1]`` (the flag states it). The format of a
 file is detected once, from the keys of its first rows (the most common detected format among
 the first 100, so one bad first row does not decide it); a later row missing a field of that
 format is a bad row. With ``skip_invalid`` bad rows are dropped and counted by reason in the
@@ -257,7 +261,8 @@ def ranking_to_pairs(row: dict) -> list[dict]:
 
     Pairs come in response order (for i < j over the responses, the better of the two as
     chosen); tied pairs carry no preference and are left out, so a K-way ranking gives at most
-    C(K, 2) pairs. No margin is made up from rank differences: ranks are ordinal.
+    C(K, 2) pairs, and a tied pair read as a ranking (ranks ``[1, 1]``) gives none. No margin is
+    made up from rank differences: ranks are ordinal.
 
     Weighting is the caller's job. The pairs of one ranking share a prompt and responses, so
     they are strongly correlated; InstructGPT puts all of a ranking's pairs in the same batch
@@ -615,9 +620,19 @@ def _ranking(row: dict, ctx: _Ctx) -> dict:
 
 
 def _pair_as_ranking(pair_handler: Callable[[dict, _Ctx], dict]) -> Callable[[dict, _Ctx], dict]:
+    """A pair row as a 2-way ranking: ranks [1, 2], or [1, 1] when its ``tie`` flag is set.
+
+    Equal ranks are the ranking schema's tie, so a tied pair stays a tie here (it used to become
+    [1, 2], a win for whichever response sat in "chosen"). Unlike a ranking row whose ranks are
+    all equal (refused by :func:`_ranking` as "all tied"), a fully tied pair is accepted: its
+    explicit ``tie`` flag says the labeler judged both equal, which the reward stage drops or fits
+    just as it does on the pair path.
+    """
     def handle(row: dict, ctx: _Ctx) -> dict:
         pair = pair_handler(row, ctx)
-        return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]], "ranks": [1, 2]}
+        _with_tie(pair, row)  # the same flag parsing and checks as for kind "preference"
+        ranks = [1, 1] if pair.get("tie") else [1, 2]
+        return {"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]], "ranks": ranks}
     return handle
 
 

@@ -3,7 +3,8 @@
 Rows follow TRL's columns: ``prompt``, ``chosen``, ``rejected`` (or, with ``rankings="ranking"``,
 ``prompt``, ``responses``, ``ranks`` with 1 = best and equal ranks tied; a fully tied one, e.g. a
 tied pair, is no ranking and is left out whatever ``ties`` says), plus ``margin`` (from the
-annotator's strength, on Llama 2's scale; absent without a strength), ``tie`` (with ``ties="keep"``,
+annotator's strength, on Llama 2's scale; 0.0, the plain Bradley-Terry term, without a strength:
+see :func:`_one_margin_column`), ``tie`` (with ``ties="keep"``,
 read by ``rlhfkit.data.formats`` and modelled by ``rlhf reward ties=rao_kupper|davidson``), and
 provenance: ``task_id``, the response and model ids, ``annotator_ids``/``annotators``,
 ``agreement`` and ``n_annotators``.
@@ -87,8 +88,24 @@ def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str 
             continue
         make = _judgement_rows if aggregate == "judgement" else _majority_rows
         rows.extend(make(js, labels, agreement, ties=ties, rankings=rankings, margins=margins, stats=stats))
+    _one_margin_column(rows, stats)
     stats["rows"] = len(rows)
     return rows, stats
+
+
+def _one_margin_column(rows: list[dict], stats: Counter) -> None:
+    """``margin`` is a column of numbers on every row: TRL's RewardTrainer uses the column whenever
+    it exists and fails on a null, and a JSONL file with the key on some rows only reads back
+    (``datasets``) with nulls on the others. A row without a strength (left blank, a K-way ranking
+    exported as pairs, a tie) gets 0.0: in the margin loss that is the plain Bradley-Terry term,
+    i.e. no claim about strength -- the same as strength 1 ("negligibly better")."""
+    if not any("margin" in r for r in rows):
+        return
+    for r in rows:
+        if r.get("margin") is None:
+            r["margin"] = 0.0
+            if not r.get("tie"):
+                stats["margin_0_without_strength"] += 1
 
 
 # ---------------------------------------------------------------------------------------------

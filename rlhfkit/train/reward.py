@@ -13,7 +13,11 @@ Implementation details (RLHF-DETAILS items 1-7; each prevents a known failure):
    pairs in as independent examples overfits within an epoch). Prompts are stored once.
 4. Ties (rows with ``tie: true``): dropped (default, counted in summary.json) or fitted with a
    Bradley-Terry-with-ties likelihood -- Rao-Kupper (1967), P(i>j) = pi_i / (pi_i + theta pi_j),
-   or Davidson (1970), P(tie) proportional to nu sqrt(pi_i pi_j). Never read as a win.
+   or Davidson (1970), P(tie) proportional to nu sqrt(pi_i pi_j). Never read as a win. The same
+   holds when pairs are read as rankings (``data_format: ranking``): a tied pair becomes ranks
+   [1, 1] and is dropped, or fitted by ``losses.ranking_loss_with_ties``, which on 2-way rankings
+   is the pair path's loss; tied pairs inside K-way rankings are fitted the same way (with
+   ``drop`` they are left out, as InstructGPT does).
 5. Optional reward-centering regulariser coef * mean((r_c + r_r)^2) keeps rewards near 0.
 6. Loss normalisation over the whole optimizer step (pairs, or prompts for rankings) on all
    processes, as in SFT, so accumulation == bigger batch and 2 processes == 1.
@@ -46,9 +50,11 @@ from rlhfkit.config import RewardConfig, save_config
 from rlhfkit.data.collate import PairCollator, RankingCollator, take, tokenize_pairs, tokenize_rankings
 from rlhfkit.data.formats import detect_format
 from rlhfkit.data.loading import read_records
+from rlhfkit.errors import DataError
 from rlhfkit.evaluate.metrics import (accuracy_by_strength, expected_calibration_error, length_bias_audit,
                                       pair_accuracy, reliability_bins)
-from rlhfkit.losses import bradley_terry_loss, bt_with_ties_loss, ranking_loss, reward_centering_loss
+from rlhfkit.losses import (bradley_terry_loss, bt_with_ties_loss, ranking_loss, ranking_loss_with_ties,
+                            reward_centering_loss)
 from rlhfkit.modeling import (REWARD_OFFSET, REWARD_SCALE, apply_lora, chat_renderer, load_reward_model,
                               load_tokenizer, save_hf)
 from rlhfkit.scoring import raw_rewards
@@ -90,10 +96,11 @@ def _load_data(cfg: RewardConfig, tok, mode: str):
     """Tokenised train/eval datasets, plus a report for summary.json."""
     kind = "ranking" if mode == "ranking" else "preference"
     train_rows, eval_rows, report = load_split(cfg, kind, render_chat=chat_renderer(tok))
-    if mode == "pairs" and cfg.ties == "drop":
-        n = len(train_rows)
-        train_rows = [r for r in train_rows if not r.get("tie")]
-        report["ties_dropped"] = n - len(train_rows)
+    if cfg.ties == "drop":
+        train_rows, report["ties_dropped"] = _drop_ties(train_rows, mode)
+        if not train_rows:
+            raise DataError("no preference to train on: every training row is a tie and ties=drop (use "
+                            "ties=rao_kupper or ties=davidson to fit them)", source=cfg.data)
     if mode == "ranking":
         make = lambda rows: tokenize_rankings(rows, tok, max_length=cfg.max_length,  # noqa: E731
                                               max_prompt_length=cfg.max_prompt_length)
@@ -106,12 +113,33 @@ def _load_data(cfg: RewardConfig, tok, mode: str):
     return train_ds, eval_ds, report, train_rows
 
 
+def _drop_ties(rows: list[dict], mode: str) -> tuple[list[dict], int]:
+    """Training rows without the tied ones (ties=drop), and how many were dropped.
+
+    Pairs: rows flagged ``tie``. Rankings: rows whose ranks are all equal, i.e. tied pairs read
+    as rankings (ranks [1, 1]; a user's fully tied ranking row is refused when loading), which
+    have no untied pair and would otherwise still count as a prompt in the loss's divisor. Tied
+    pairs inside a K-way ranking are left to the loss (``ranking_loss`` ignores them).
+    """
+    if mode == "ranking":
+        kept = [r for r in rows if len(set(r["ranks"])) > 1]
+    else:
+        kept = [r for r in rows if not r.get("tie")]
+    return kept, len(rows) - len(kept)
+
+
 def _pair_loss(cfg: RewardConfig, rewards: torch.Tensor, b: dict) -> tuple[torch.Tensor, int]:
     """Mean loss over this micro-batch and its number of units (pairs or prompts)."""
     if "better" in b:  # ranking batch: (N,) rewards, pairs given by index tensors
-        loss, _ = ranking_loss(rewards, b["better"], b["worse"], b["pair_weight"], b["num_prompts"])
+        better, worse = b["better"], b["worse"]
+        if cfg.ties != "drop":  # tied pairs (equal ranks) are fitted as ties, as on the pair path
+            loss, _ = ranking_loss_with_ties(rewards, better, worse, b["pair_weight"], b["tie_a"], b["tie_b"],
+                                             b["tie_weight"], b["num_prompts"], cfg.tie_param, cfg.ties)
+            better, worse = torch.cat([better, b["tie_a"]]), torch.cat([worse, b["tie_b"]])
+        else:
+            loss, _ = ranking_loss(rewards, better, worse, b["pair_weight"], b["num_prompts"])
         if cfg.center_coef:
-            loss = loss + reward_centering_loss(rewards[b["better"]], rewards[b["worse"]], cfg.center_coef)
+            loss = loss + reward_centering_loss(rewards[better], rewards[worse], cfg.center_coef)
         return loss, int(b["num_prompts"])
     n = rewards.shape[0] // 2
     rc, rr = rewards[:n], rewards[n:]  # (B,), (B,)
@@ -130,15 +158,18 @@ def evaluate_pairs(model, batches, device) -> dict:
     for b in batches:
         b = {k: v.to(device) for k, v in b.items()}
         r = raw_rewards(model, b).cpu()
-        if "better" in b:  # ranking: every untied pair of every prompt
+        if "better" in b:  # ranking: every untied pair, then (as tie rows: out of accuracy/loss) tied ones
             rlen = b["response_len"].cpu()
-            better, worse = b["better"].cpu(), b["worse"].cpu()
-            rc += r[better].tolist()
-            rr += r[worse].tolist()
-            lc += rlen[better].tolist()
-            lr += rlen[worse].tolist()
-            strength += [0.0] * len(better)
-            ties += [False] * len(better)
+            for i, j, tied in ((b["better"], b["worse"], False), (b.get("tie_a"), b.get("tie_b"), True)):
+                if i is None:
+                    continue
+                i, j = i.cpu(), j.cpu()
+                rc += r[i].tolist()
+                rr += r[j].tolist()
+                lc += rlen[i].tolist()
+                lr += rlen[j].tolist()
+                strength += [0.0] * len(i)
+                ties += [tied] * len(i)
         else:
             n = r.shape[0] // 2
             lens = b["response_mask"].sum(-1).cpu()
@@ -220,13 +251,15 @@ def _train_one(cfg: RewardConfig) -> Path:
             with nullcontext() if j == len(batches) - 1 else acc.no_sync(model):
                 with acc.autocast():
                     rewards = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    position_ids=b["position_ids"]).logits[:, 0].float()  # (2B,) or (N,)
+                                    position_ids=b["position_ids"],
+                                    use_cache=False).logits[:, 0].float()  # (2B,) or (N,)
                 loss, n = _pair_loss(cfg, rewards, b)
                 acc.backward(loss * n * world / max(step_units, 1.0))
             loss_sum += loss.item() * n
             with torch.no_grad():
                 if "better" in b:
-                    correct += float((rewards[b["better"]] > rewards[b["worse"]]).float().mean()) * n
+                    if b["better"].numel():  # a micro-batch of tied pairs only has no order to get right
+                        correct += float((rewards[b["better"]] > rewards[b["worse"]]).float().mean()) * n
                 else:
                     correct += float((rewards[:n] > rewards[n:]).float().mean()) * n
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)

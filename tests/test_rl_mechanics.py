@@ -408,3 +408,28 @@ def test_whitening_across_processes_equals_one_big_batch():
     w1 = whiten(x1, m1, sum_across=lambda t: t + stats(x2, m2))
     w2 = whiten(x2, m2, sum_across=lambda t: t + stats(x1, m1))
     torch.testing.assert_close(torch.cat([w1, w2]), whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ppo_loss_two_processes_equal_one(tmp_path):
+    """Real DDP (2 gloo processes): with 11 response tokens on one process and 3 on the other, the
+    averaged gradient of the PPO loss normalised by global_token_normalizer equals one process's
+    gradient of the token mean over all 14 tokens; per-process token means (what DDP gave before)
+    do not."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    worker = Path(__file__).with_name("_ddp_token_mean.py")
+    out = tmp_path / "grads.json"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                          str(worker), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    diff = json.loads(out.read_text())
+    assert diff["global"] < 1e-6, diff
+    assert diff["naive"] > 1e-3, diff

@@ -70,9 +70,44 @@ def _stage_parser(sub, name: str, stage: Stage):
                        "YAML or as key=value overrides, which win):\n" + config_mod.describe_fields(cls),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="YAML file with the stage's keys")
+    _verbosity_flags(p, argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a key (YAML-typed value)")
     p.set_defaults(_stage=name)
     return p
+
+
+def _verbosity_flags(p: argparse.ArgumentParser, default) -> None:
+    # Accepted before and after the stage name; the subparsers' SUPPRESS default keeps a flag given
+    # before the stage from being reset by the subparser.
+    p.add_argument("--quiet", "-q", action="store_true", default=default, help="only warnings and errors")
+    p.add_argument("--verbose", "-v", action="store_true", default=default,
+                   help="also the libraries' own messages (transformers load reports, accelerate, alembic)")
+
+
+# Libraries whose routine narration buries the progress bars: transformers' load reports (e.g.
+# the fresh reward head "MISSING"), accelerate's "Removed shared tensor" on every tied-embedding
+# save, alembic's migration steps. Shown with --verbose.
+_NOISY = {"transformers": logging.ERROR, "accelerate": logging.ERROR, "alembic": logging.WARNING,
+          "datasets": logging.WARNING, "peft": logging.ERROR, "httpx": logging.WARNING}
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Our messages at INFO (WARNING with ``quiet``); library noise filtered unless ``verbose``."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        return
+    import warnings
+
+    for name, level in _NOISY.items():
+        logging.getLogger(name).setLevel(level)
+    if "transformers" in sys.modules:  # it has its own handler and level, read once at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", module=r"(peft|transformers|accelerate)(\..*)?$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`rlhf <stage> --config FILE.yaml [key=value ...]`; `rlhf <stage> --help` lists its keys.")
     from rlhfkit import __version__
     parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
-    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    _verbosity_flags(parser, False)
     sub = parser.add_subparsers(title="stages", metavar="<stage>")
     for name, stage in STAGES.items():
         _stage_parser(sub, name, stage)
@@ -94,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="keys of the pipeline file:\n" + _describe("PipelineConfig"),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("pipeline", help="pipeline YAML (see examples/)")
+    _verbosity_flags(run, argparse.SUPPRESS)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="override a key (YAML-typed value)")
     run.set_defaults(_stage="run")
-    demo = sub.add_parser("demo", help="build the synthetic world and run the pipeline on it "
-                          "(currently: SFT of the tiny base model), then print the results")
+    demo = sub.add_parser("demo", help="build the synthetic world and run the whole pipeline on it (SFT, "
+                          "simulated feedback, reward model, PPO and DPO), then print the evaluation table")
+    _verbosity_flags(demo, argparse.SUPPRESS)
     demo.add_argument("--quick", action="store_true", help="a much smaller run, for tests")
     demo.add_argument("--output", default="runs/demo", help="directory for all of the demo's runs")
     demo.set_defaults(_stage="demo")
@@ -110,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_stage", None):
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # accelerate narrates every checkpoint file at INFO; our own messages say what matters.
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         if args._stage == "demo":
             from rlhfkit.demo import run_demo

@@ -69,3 +69,37 @@ def test_gold_score_cli(tmp_path):
     bad.write_text(json.dumps({"prompt": "p", "completion": 3}) + "\n")
     r = run_cli("gold-score", f"input={bad}", f"output={tmp_path / 'x.jsonl'}")
     assert r.returncode == 2 and "bad.jsonl" in r.stderr and "row 1" in r.stderr and "completion" in r.stderr
+
+
+def test_library_noise_only_with_verbose(tmp_path):
+    """A stage prints its progress and result, not transformers' load report (the fresh reward
+    head is "MISSING"), accelerate's "Removed shared tensor" on every tied-embedding checkpoint, or
+    alembic's migration steps; `-v` (after the stage name too) shows them."""
+    from rlhfkit.testing.conformance import build_model, build_tokenizer
+
+    model, tok = build_model("gpt2", tmp_path / "m"), build_tokenizer("chatml", tmp_path / "t")
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": "a good answer.", "rejected": "no."})
+                             + "\n" for i in range(8)))
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": f"question {i}?", "completion": "an answer."}) + "\n"
+                           for i in range(8)))
+    common = [f"model={model}", f"tokenizer={tok}", "max_steps=2", "save_every=1", "per_device_batch_size=4",
+              "eval_fraction=0"]
+    # reward: a fresh score head (load report); sft: GPT-2's tied embeddings in a checkpoint
+    for stage, extra, noise in (("reward", [f"data={prefs}", "normalize=none"], "LOAD REPORT"),
+                                ("sft", [f"data={sft}"], "Removed shared tensor")):
+        quiet = run_cli(stage, *common, *extra, f"output_dir={tmp_path / stage / 'q'}")
+        loud = run_cli(stage, *common, *extra, f"output_dir={tmp_path / stage / 'v'}", "-v")
+        assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:]
+        assert noise not in quiet.stdout + quiet.stderr, quiet.stderr[-3000:]
+        assert noise in loud.stdout + loud.stderr, (stage, loud.stderr[-3000:])
+        assert str(tmp_path / stage / "q" / "final") in quiet.stdout  # the result is printed
+
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"answer {j}"}) + "\n"
+                                 for i in range(3) for j in range(2)))
+    collect = ["collect", f"store={tmp_path / 'fb.db'}", "project=p", f"responses={responses}",
+               f"output_dir={tmp_path / 'c'}"]
+    r = run_cli(*collect)
+    assert r.returncode == 0 and "alembic" not in (r.stdout + r.stderr).lower(), r.stderr[-2000:]

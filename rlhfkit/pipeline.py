@@ -88,7 +88,7 @@ class Pipeline:
     def store(self) -> str:
         return str(self.out / "feedback.db")
 
-    # ---- validation (item 2) --------------------------------------------------------------
+    # ---- validation (detail 2 above) --------------------------------------------------------------
     def validate(self) -> None:
         from rlhfkit import config as C
 
@@ -132,7 +132,7 @@ class Pipeline:
             shutil.rmtree(placeholder, ignore_errors=True)
 
     def _check_owned_keys(self) -> None:
-        """The pipeline places every stage's run directory and the feedback store itself (item 1);
+        """The pipeline places every stage's run directory and the feedback store itself (detail 1 above);
         a section that sets them would be silently overridden, so it is an error instead."""
         owned = {"output_dir", "store", "project"}
         sections = [(n, self.section(n)) for n in ("world", "sft", "collect", "label", "reward", "evaluate")]
@@ -231,7 +231,7 @@ class Pipeline:
         sec = _subst(dict(self.cfg.dpo[name] or {}), self.world)
         return {**sec, "model": model, "data": data, "output_dir": out, "resume": True}
 
-    # ---- state (item 3) --------------------------------------------------------------------
+    # ---- state (detail 3 above) --------------------------------------------------------------------
     def _load_state(self) -> None:
         if self.state_path.is_file():
             try:
@@ -376,7 +376,7 @@ class Pipeline:
                 raise RlhfkitError(f"pipeline: {have}/{target} judgements after {limit:.0f} s; re-run to keep waiting")
             time.sleep(poll)
 
-    # ---- evaluation and report (item 6) ---------------------------------------------------------
+    # ---- evaluation and report (detail 6 above) ---------------------------------------------------------
     def _evaluate(self, sft: str, result: dict, rm: str | None) -> str:
         from rlhfkit.data.loading import read_records
         from rlhfkit.evaluate.policies import evaluate_policies

@@ -42,7 +42,9 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def ppo_run(world, sft_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ppo")
-    train(cfg_for(world, sft_model, out))
+    # 12 steps: with 8 the gold gain ranged 0.02-0.59 over seeds 0-3 on the world the fixed
+    # packing/tokenisation builds; with 12 it is 0.37-0.78.
+    train(cfg_for(world, sft_model, out, max_steps=12))
     return out
 
 
@@ -61,7 +63,7 @@ def test_config_needs_a_reward_and_k_for_rloo(world, sft_model):
 
 def test_first_minibatch_ratio_is_one(ppo_run):
     rows = [r for r in read_metrics(ppo_run) if "first_ratio" in r]
-    assert len(rows) == 8
+    assert len(rows) == 12
     for r in rows:  # every step: temperature-scaled training log-probs == the rollout's
         assert abs(r["first_ratio"] - 1.0) < 1e-5
         assert r["first_approx_kl"] < 1e-8
@@ -72,7 +74,7 @@ def test_first_minibatch_ratio_is_one(ppo_run):
 def test_ppo_raises_gold_reward_with_bounded_kl(ppo_run):
     s = summary(ppo_run)
     gain = s["final_eval_gold"] - s["initial_eval_gold"]
-    assert gain > 0.25, s  # measured 0.68 (seed 0); 0.40-0.68 over seeds 0-3
+    assert gain > 0.25, s  # measured 0.37 (seed 0); 0.37-0.78 over seeds 0-3
     assert 0.0 < s["final_eval_seq_kl"] < 15.0, s
     rows = read_metrics(ppo_run)
     for key in ("seq_kl", "approx_kl", "clipfrac", "entropy", "response_length", "distinct_2",

@@ -141,7 +141,7 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
         del model
         _free()
 
-    # 2) The reference scores every other policy's sampled ids (item 2). The reference's own KL is
+    # 2) The reference scores every other policy's sampled ids (detail 2 above). The reference's own KL is
     # its log-probs minus themselves: exactly 0, not "0 up to padding-dependent rounding".
     kl: dict[str, np.ndarray | None] = {reference: own_logps[reference] - own_logps[reference]}
     others = [n for n in policies if n != reference]

@@ -116,7 +116,7 @@ def train(cfg: DPOConfig) -> Path:
     def to_device(b: dict) -> dict:
         return {k: v.to(acc.device) for k, v in b.items()}
 
-    # Item 4: reference log-probs once, cached by fingerprint.
+    # Detail 4 above (item 23): reference log-probs once, cached by fingerprint.
     cache: dict[str, torch.Tensor] | None = None
     cache_status = "off"
     if cfg.precompute_ref_logprobs and uses_ref:
@@ -179,7 +179,7 @@ def train(cfg: DPOConfig) -> Path:
             with nullcontext() if sync else acc.no_sync(model):
                 with acc.autocast():
                     lp, n_tok = sequence_logprobs(model, b)  # (2B,) one forward for chosen + rejected
-                # Item 6: divided by the global pair count; DDP averages gradients over processes,
+                # Detail 6 above: divided by the global pair count; DDP averages gradients over processes,
                 # hence the factor `world`.
                 loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=global_batch)
                 acc.backward(loss * world)
@@ -236,7 +236,7 @@ def _global_mean(acc, sums: dict[str, float], count: int) -> dict[str, float]:
 
 
 def _fingerprint(cfg: DPOConfig, tok, splits: dict, ref_model) -> str:
-    """sha256 over everything the reference log-probs depend on (item 4)."""
+    """sha256 over everything the reference log-probs depend on (detail 4 above)."""
     import numpy as np
 
     h = hashlib.sha256()
@@ -301,7 +301,7 @@ def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logp
 
 
 def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) -> dict[str, float]:
-    """Sequence KL to the reference (and gold reward) from policy samples (item 9).
+    """Sequence KL to the reference (and gold reward) from policy samples (detail 9 above; item 28).
 
     Each process samples its share of the prompts. KL(policy || ref) = E_{y ~ policy}[log p(y) -
     log ref(y)], estimated per sample by the summed per-token log-ratio of the sampled tokens

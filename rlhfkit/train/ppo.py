@@ -26,9 +26,10 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    the loss (``kl_in: loss``, GRPO's choice; item 20). GRPO with ``kl_in: reward`` standardises
    the task score within the group *first* and subtracts ``beta * (seq k1 - group mean)`` after,
    so beta keeps control of the KL (dividing score - beta * KL by its group std made the KL term
-   full-strength in every group whose task rewards tie); ``scale_rewards: none`` is Dr. GRPO. beta is fixed or adaptive (item 16); the
+   full-strength in every group whose task rewards tie); ``scale_rewards: none`` is Dr. GRPO.
+   beta is fixed or adaptive (item 16); the
    controller is updated once per step with the batch's mean sequence KL and checkpointed.
-5. Critic (PPO only): a separate network, ``AutoModelForSequenceClassification`` initialised
+5. Critic (PPO only, :mod:`rlhfkit.rl.critic`): a separate network, ``AutoModelForSequenceClassification`` initialised
    from the reward model (default) or from the policy with a small fresh head (item 17). Its
    per-token values are ``head(hidden_states)`` at every position (the reward head applied to
    the trunk's last hidden states), aligned with the log-probs: the value of position t
@@ -51,7 +52,8 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    loss and statistic. Losses are token means over the minibatch of *all* processes (each
    process divides its token sum by the global count / world, since DDP averages gradients), so
    N processes update like one process holding the whole minibatch.
-8. Monitors logged every step (item 19): mean sequence KL (sum over tokens of logp - ref_logp),
+8. Monitors logged every step (item 19, :mod:`rlhfkit.rl.monitors`; one all-reduce for the
+   rollout's metrics and one for the update's, whatever the number of processes): mean sequence KL (sum over tokens of logp - ref_logp),
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
    with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
@@ -78,81 +80,23 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import DataError
-from rlhfkit.logprobs import masked_mean, token_logprobs
-from rlhfkit.losses import entropy_from_logits, ppo_policy_loss, ppo_value_loss
-from rlhfkit.modeling import (
-    REWARD_OFFSET,
-    REWARD_SCALE,
-    apply_lora,
-    chat_renderer,
-    load_causal_lm,
-    load_reward_model,
-    load_tokenizer,
-    reward_head,
-    save_hf,
-)
 from rlhfkit.generation import prompt_ids_for
+from rlhfkit.logprobs import masked_mean, token_logprobs
+from rlhfkit.losses import entropy_from_logits, ppo_policy_loss
+from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer, save_hf
 from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whiten
+from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, ValueModel, policy_forward
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
+from rlhfkit.rl.monitors import check_alarms, distinct_2, gap_widening, mean_across  # noqa: F401 (re-exported)
 from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
-from rlhfkit.train.common import (
-    RunState,
-    batch_indices,
-    clip_and_step,
-    global_token_normalizer,
-    make_optimizer,
-    make_scheduler,
-    progress,
-    start_run,
-    total_steps,
-    write_json,
-)
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_token_normalizer, make_optimizer,
+                                  make_scheduler, progress, start_run, total_steps, write_json)
 from rlhfkit.train.data import load_split
 
 log = logging.getLogger(__name__)
-
-
-class ValueModel(nn.Module):
-    """Per-token values from a sequence-classification model: its scalar head on every position
-    of the trunk's last hidden states (item 17)."""
-
-    def __init__(self, seq_cls_model):
-        super().__init__()
-        self.net = seq_cls_model  # the head is looked up, not stored twice (shared tensors)
-        # Item 5: a reward model's stored normalisation, so the initial values are on the
-        # scale of the rewards they predict (identity for a fresh head).
-        self.register_buffer("offset", torch.tensor(float(getattr(seq_cls_model.config, REWARD_OFFSET, 0.0))))
-        self.register_buffer("scale", torch.tensor(float(getattr(seq_cls_model.config, REWARD_SCALE, 1.0))))
-
-    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        trunk = getattr(self.net, self.net.base_model_prefix)
-        h = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False).last_hidden_state
-        v = (reward_head(self.net)(h).squeeze(-1).float() - self.offset) / self.scale
-        return v[:, :-1]  # (B, T-1), aligned with token log-probs
-
-
-class PolicyWithValueHead(nn.Module):
-    """The policy plus a scalar value head on its last hidden states (``critic: policy_head``)."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-        d = policy.config.hidden_size
-        self.v_head = nn.Linear(d, 1)
-        nn.init.normal_(self.v_head.weight, std=1 / math.sqrt(d + 1))
-        nn.init.zeros_(self.v_head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids):
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, use_cache=False)
-        h = out.hidden_states[-1]
-        v = self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()
-        return out.logits, v[:, :-1]  # values aligned with token log-probs
 
 
 def reward_function(cfg: PPOConfig, device):
@@ -177,16 +121,6 @@ def reward_function(cfg: PPOConfig, device):
     return combined
 
 
-def distinct_2(responses: list[list[int]]) -> float:
-    grams = [tuple(r[i:i + 2]) for r in responses for i in range(len(r) - 1)]
-    return len(set(grams)) / max(len(grams), 1)
-
-
-def gap_widening(gaps: list[float], n: int) -> bool:
-    """True when the last ``n`` steps each widened the proxy - gold gap (n = 0: never)."""
-    return bool(n) and len(gaps) > n and all(gaps[-i] > gaps[-i - 1] for i in range(1, n + 1))
-
-
 def reuses_update_logprobs(cfg: PPOConfig, n_minibatches: int) -> bool:
     """Item 12 shortcut. With one update over one minibatch of the whole rollout and the KL as a
     loss term (TRL's GRPO default), that update's own forward *is* the sampling policy's: its
@@ -197,6 +131,124 @@ def reuses_update_logprobs(cfg: PPOConfig, n_minibatches: int) -> bool:
     return cfg.estimator != "ppo" and cfg.kl_in == "loss" and cfg.ppo_epochs == 1 and n_minibatches == 1
 
 
+def _models(cfg: PPOConfig, acc, tok, policy, n_optimizer_steps: int):
+    """Reference, critic and optimisation around the loaded policy (details 4, 5, 7 above): returns the
+    prepared policy (with its value head for ``critic: policy_head``), its optimizer and schedule,
+    the causal LM alone (``net``: sampling, LoRA reference, saving), the frozen reference (None
+    with LoRA) and the critic (None for RLOO / GRPO)."""
+    ref = None
+    if cfg.lora_r:
+        policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            target_modules=cfg.lora_target_modules)
+    else:  # detail 4 above (item 23): a frozen copy, eval mode, no grad, dropout off
+        ref = load_causal_lm(cfg.ref_model or cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
+        ref.eval().requires_grad_(False).to(acc.device)
+    head = cfg.estimator == "ppo" and cfg.critic == "policy_head"
+    if head:
+        policy = PolicyWithValueHead(policy)
+    optimizer = make_optimizer(policy, cfg)
+    scheduler = make_scheduler(optimizer, cfg, n_optimizer_steps)
+    policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+    critic = HeadCritic(cfg.vf_coef) if head else None
+    if cfg.estimator == "ppo" and not head:
+        vcfg = cfg.model_copy(update={"learning_rate": cfg.value_learning_rate or cfg.learning_rate})
+        value = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model or cfg.model, tok, dtype=cfg.dtype))
+        v_opt = make_optimizer(value, vcfg)
+        v_sched = make_scheduler(v_opt, vcfg, n_optimizer_steps)
+        critic = SeparateCritic(*acc.prepare(value, v_opt, v_sched))
+    net = acc.unwrap_model(policy)
+    return policy, optimizer, scheduler, net.policy if head else net, ref, critic
+
+
+@torch.no_grad()
+def _ref_logprobs(cfg: PPOConfig, ref, net, ro) -> torch.Tensor:
+    """(B, T-1) reference log-probs of the rollout's response tokens: the frozen copy, or with LoRA
+    the adapter-off policy (item 23)."""
+    args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
+    if ref is not None:
+        return forward_logprobs(ref, *args, temperature=cfg.temperature)
+    net.eval()
+    with net.disable_adapter():
+        lp = forward_logprobs(net, *args, temperature=cfg.temperature)
+    net.train()
+    return lp
+
+
+def _sample(cfg: PPOConfig, acc, net, tok, prompts: list[str], ids: list[list[int]], num: int,
+            logprobs: bool = True):
+    ro = generate_rollout(net, tok, prompts, num_samples=num, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs)
+    for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
+        setattr(ro, f, getattr(ro, f).to(acc.device))
+    return ro
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / max(len(values), 1)
+
+
+@torch.no_grad()
+def _advantages(cfg: PPOConfig, policy, critic, ro, score, kl, seq_kl, mask, beta: float, global_sum):
+    """Items 13, 14, 21: (advantages (B, T-1), values, returns) -- the last two None without a critic."""
+    if critic is None:  # RLOO / GRPO: one sequence advantage, broadcast to every response token
+        a = group_advantages(cfg.estimator, score, seq_kl, beta if cfg.kl_in == "reward" else 0.0,
+                             cfg.samples_per_prompt, scale=cfg.scale_rewards == "group")
+        return a.unsqueeze(1) * mask, None, None
+    values = critic.values(policy, ro) * mask  # (B, T-1)
+    adv, returns = gae(per_token_rewards(score, kl, mask, beta), values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.whiten_advantages:
+        adv = whiten(adv, mask, sum_across=global_sum)
+    return adv, values, returns
+
+
+def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, critic, ro, adv, values, returns,
+            old_lp, ref_lp, mask, beta: float, reuse_lp: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Items 7, 12, 15, 20: ``ppo_epochs`` passes of shuffled minibatches, one policy (and critic)
+    step each. Returns this process's mean of every update metric and the first minibatch's ratio,
+    approx-KL and clip fraction (which must be 1, 0, 0)."""
+    sums: dict[str, float] = {}
+    n_updates, first = 0, {}
+    for epoch in range(cfg.ppo_epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + epoch)
+        for mb_i, mb in enumerate(torch.randperm(len(adv), generator=g).split(cfg.mini_batch_size)):
+            mb = mb.to(acc.device)
+            ids, mb_mask = ro.input_ids[mb], mask[mb]
+            # Global token mean: DDP averages gradients over processes, so each process divides
+            # its token sum by (all processes' tokens / world), not by its own count.
+            n_tok = global_token_normalizer(acc, mb_mask)
+            logits, v = policy_forward(policy, ids, ro.attention_mask[mb], ro.position_ids[mb])
+            lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
+            if reuse_lp:  # the only update: its forward is the sampling policy's
+                old_lp[mb] = lp.detach() * mb_mask
+            loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange, num_tokens=n_tok)
+            if cfg.kl_in == "loss":
+                kl_loss = (kl_k3(lp, ref_lp[mb]) * mb_mask).sum() / n_tok
+                loss = loss + beta * kl_loss
+                pm["kl_loss"] = kl_loss.item()
+            with torch.no_grad():
+                pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
+            pm["pg_loss"] = loss.item()
+            if critic is not None:
+                v_term, vm = critic.joint_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
+                                               num_tokens=n_tok)
+                if v_term is not None:
+                    loss = loss + v_term
+                pm.update(vm)
+            acc.backward(loss)
+            if clip_and_step(acc, policy, optimizer, scheduler, cfg.max_grad_norm) is None:
+                run.nonfinite(step + 1, pm["pg_loss"])
+            if critic is not None:
+                pm.update(critic.step(acc, run, step + 1, ro, mb, values[mb], returns[mb], mb_mask,
+                                      clip=cfg.cliprange_value, num_tokens=n_tok, max_grad_norm=cfg.max_grad_norm))
+            if epoch == 0 and mb_i == 0:  # item 12: must be ratio 1, approx_kl 0, clipfrac 0
+                first = {f"first_{key}": pm[key] for key in ("ratio", "approx_kl", "clipfrac")}
+            for key, val in pm.items():
+                sums[key] = sums.get(key, 0.0) + val
+            n_updates += 1
+    return {key: v / n_updates for key, v in sums.items()}, first
+
+
 def train(cfg: PPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -205,23 +257,14 @@ def train(cfg: PPOConfig) -> Path:
     eval_prompts = [r["prompt"] for r in eval_rows][:cfg.eval_prompts]
     if not prompts:
         raise DataError("no prompts to train on", source=cfg.data)
-    k, ppo = cfg.samples_per_prompt, cfg.estimator == "ppo"
-    world, rank = acc.num_processes, acc.process_index
+    k, world, rank = cfg.samples_per_prompt, acc.num_processes, acc.process_index
     global_sum = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None  # noqa: E731
 
     policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
-    # Item 2: prompts tokenised once (one BOS, chat templates respected) and cut to fit.
-    prompt_ids = prompt_ids_for(policy, tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                max_prompt_length=cfg.max_prompt_length, what="training prompts")
-    eval_ids = prompt_ids_for(policy, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens,
-                              max_prompt_length=cfg.max_prompt_length, what="evaluation prompts")
-    ref = None
-    if cfg.lora_r:
-        policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            target_modules=cfg.lora_target_modules)
-    else:  # item 4: a frozen copy, eval mode, no grad, dropout off
-        ref = load_causal_lm(cfg.ref_model or cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
-        ref.eval().requires_grad_(False).to(acc.device)
+    # Detail 2 above: prompts tokenised once (one BOS, chat templates respected) and cut to fit.
+    fit = dict(max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length)
+    prompt_ids = prompt_ids_for(policy, tok, prompts, **fit, what="training prompts")
+    eval_ids = prompt_ids_for(policy, tok, eval_prompts, **fit, what="evaluation prompts")
     reward_fn = reward_function(cfg, acc.device)
     gold_fn = None
     if cfg.gold_reward:
@@ -229,24 +272,10 @@ def train(cfg: PPOConfig) -> Path:
 
     global_batch = cfg.per_device_batch_size * world
     n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
-    episodes = cfg.per_device_batch_size * k
-    n_mb = math.ceil(episodes / cfg.mini_batch_size)
-    head = ppo and cfg.critic == "policy_head"
-    if head:
-        policy = PolicyWithValueHead(policy)
-    optimizer = make_optimizer(policy, cfg)
-    scheduler = make_scheduler(optimizer, cfg, n_steps * cfg.ppo_epochs * n_mb)
-    policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
-    critic = v_opt = v_sched = None
-    if ppo and not head:
-        vcfg = cfg.model_copy(update={"learning_rate": cfg.value_learning_rate or cfg.learning_rate})
-        critic = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model or cfg.model, tok, dtype=cfg.dtype))
-        v_opt = make_optimizer(critic, vcfg)
-        v_sched = make_scheduler(v_opt, vcfg, n_steps * cfg.ppo_epochs * n_mb)
-        critic, v_opt, v_sched = acc.prepare(critic, v_opt, v_sched)
+    n_mb = math.ceil(cfg.per_device_batch_size * k / cfg.mini_batch_size)
+    policy, optimizer, scheduler, net, ref, critic = _models(cfg, acc, tok, policy, n_steps * cfg.ppo_epochs * n_mb)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
-
     if world > 1:  # decorrelate the processes' sampling (restored per process on resume)
         torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (rank + 1))
     run = RunState(cfg, acc, run_dir)
@@ -254,31 +283,8 @@ def train(cfg: PPOConfig) -> Path:
     if start:
         state = json.loads((run.ckpts.latest() / "state.json").read_text())
         kl_ctl.load_state_dict(state["kl_ctl"])
-        best = state["best"]
-        gaps = state.get("gaps", [])
-    net = acc.unwrap_model(policy)
-    if head:
-        net = net.policy  # the causal LM alone: sampling, reference (LoRA), saving
-
-    @torch.no_grad()
-    def ref_logprobs(ro) -> torch.Tensor:
-        args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
-        if ref is not None:
-            return forward_logprobs(ref, *args, temperature=cfg.temperature)
-        net.eval()
-        with net.disable_adapter():  # LoRA: the reference is the adapter-off policy
-            lp = forward_logprobs(net, *args, temperature=cfg.temperature)
-        net.train()
-        return lp
-
+        best, gaps = state["best"], state.get("gaps", [])
     reuse_lp = reuses_update_logprobs(cfg, n_mb)
-
-    def sample(prompt_list: list[str], ids: list[list[int]], num: int, logprobs: bool = True):
-        ro = generate_rollout(net, tok, prompt_list, num_samples=num, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs)
-        for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
-            setattr(ro, f, getattr(ro, f).to(acc.device))
-        return ro
 
     def evaluate() -> dict[str, float]:
         mine = eval_prompts[rank::world]
@@ -286,129 +292,62 @@ def train(cfg: PPOConfig) -> Path:
             return {}
         with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed + 1000 + rank)  # the same samples at every evaluation point
-            ro = sample(mine, eval_ids[rank::world], cfg.eval_num_samples)
-        out = {"eval_proxy": _mean(acc, reward_fn(ro.prompts, ro.texts)),
-               "eval_seq_kl": _mean(acc, (kl_k1(ro.logprobs, ref_logprobs(ro)) * ro.token_mask).sum(-1).tolist())}
+            ro = _sample(cfg, acc, net, tok, mine, eval_ids[rank::world], cfg.eval_num_samples)
+        seq_kl = (kl_k1(ro.logprobs, _ref_logprobs(cfg, ref, net, ro)) * ro.token_mask).sum(-1)
+        local = {"eval_proxy": _mean(reward_fn(ro.prompts, ro.texts)), "eval_seq_kl": _mean(seq_kl.tolist())}
         if gold_fn:
-            out["eval_gold"] = _mean(acc, gold_fn(ro.prompts, ro.texts))
-        return out
+            local["eval_gold"] = _mean(gold_fn(ro.prompts, ro.texts))
+        return mean_across(acc, local)
 
     initial_eval = run.initial_eval(evaluate)
     last_eval, alarm, t0, eps_seen = initial_eval, None, time.time(), 0
     bar = progress(n_steps, start, acc, cfg.estimator)
     policy.train()
     for step in range(start, n_steps):
+        # 1. sample this process's share of the step's prompts
         idx = batch_indices(step, n_examples=len(prompts), global_batch=global_batch, seed=cfg.seed)
         mine = idx[rank * cfg.per_device_batch_size:(rank + 1) * cfg.per_device_batch_size]
-        ro = sample([prompts[i] for i in mine], [prompt_ids[i] for i in mine], k, logprobs=not reuse_lp)
+        ro = _sample(cfg, acc, net, tok, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], k,
+                     logprobs=not reuse_lp)
         mask = ro.token_mask.float()  # (B, T-1)
+        # 2. score, and the KL to the reference
         proxy, score = score_rollout(ro, reward_fn, no_eos_penalty=cfg.no_eos_penalty,
                                      penalty_mode=cfg.no_eos_penalty_mode)
         score = score.to(acc.device)
-        old_lp, ref_lp = ro.logprobs, ref_logprobs(ro)
+        old_lp, ref_lp = ro.logprobs, _ref_logprobs(cfg, ref, net, ro)
         kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1); zeros until the update fills old_lp if reuse_lp
-        seq_kl = kl.sum(-1)  # (B,)
-        beta = kl_ctl.value
-        m = {"proxy_reward": _mean(acc, proxy.tolist()), "score": _mean(acc, score.tolist()),
-             "seq_kl": None if reuse_lp else _mean(acc, seq_kl.tolist()), "kl_coef": beta,
-             "response_length": _mean(acc, ro.response_lengths.float().tolist()),
-             "eos_rate": _mean(acc, ro.ended_with_eos.float().tolist()),
-             "distinct_2": _mean(acc, [distinct_2(ro.response_ids)])}
+        seq_kl, beta = kl.sum(-1), kl_ctl.value
+        local = {"proxy_reward": _mean(proxy.tolist()), "score": _mean(score.tolist()),
+                 "response_length": _mean(ro.response_lengths.float().tolist()),
+                 "eos_rate": _mean(ro.ended_with_eos.float().tolist()), "distinct_2": distinct_2(ro.response_ids)}
+        if not reuse_lp:
+            local["seq_kl"] = _mean(seq_kl.tolist())
         if gold_fn:
-            m["gold_reward"] = _mean(acc, gold_fn(ro.prompts, ro.texts))
+            local["gold_reward"] = _mean(gold_fn(ro.prompts, ro.texts))
+        m = {"kl_coef": beta, **mean_across(acc, local)}
+        if gold_fn:
             m["proxy_gold_gap"] = m["proxy_reward"] - m["gold_reward"]
             gaps.append(m["proxy_gold_gap"])
-        # Item 9: keep the weights that produced the best rollout (before this step's update).
+        # Detail 9 above (item 27): keep the weights that produced the best rollout (before this step's update).
         watched = m.get("gold_reward", m["proxy_reward"])
         if cfg.keep_best and (best["value"] is None or watched > best["value"]):
             best = {"value": watched, "step": step}
             if acc.is_main_process:  # save_hf merges LoRA in place: merge a copy, keep training the adapter
                 save_hf(copy.deepcopy(net) if cfg.lora_r else net, tok, run_dir / "best")
-
-        with torch.no_grad():
-            if ppo:
-                if head:
-                    values = policy(ro.input_ids, ro.attention_mask, ro.position_ids)[1] * mask
-                else:
-                    values = critic(ro.input_ids, ro.attention_mask, ro.position_ids) * mask  # (B, T-1)
-                rewards = per_token_rewards(score, kl, mask, beta)
-                adv, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-                if cfg.whiten_advantages:
-                    adv = whiten(adv, mask, sum_across=global_sum)
-            else:
-                a = group_advantages(cfg.estimator, score, seq_kl, beta if cfg.kl_in == "reward" else 0.0, k,
-                                     scale=cfg.scale_rewards == "group")
-                adv = a.unsqueeze(1) * mask
-
-        sums: dict[str, float] = {}
-        n_updates, first = 0, {}
-        for epoch in range(cfg.ppo_epochs):
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + epoch)
-            for mb_i, mb in enumerate(torch.randperm(len(score), generator=g).split(cfg.mini_batch_size)):
-                mb = mb.to(acc.device)
-                ids, mb_mask = ro.input_ids[mb], mask[mb]
-                # Global token mean: DDP averages gradients over processes, so each process
-                # divides its token sum by (all processes' tokens / world), not its own count.
-                n_tok = global_token_normalizer(acc, mb_mask)
-                if head:
-                    logits, v = policy(ids, ro.attention_mask[mb], ro.position_ids[mb])
-                else:
-                    logits = policy(input_ids=ids, attention_mask=ro.attention_mask[mb],
-                                    position_ids=ro.position_ids[mb], use_cache=False).logits
-                lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
-                if reuse_lp:  # the only update: its forward is the sampling policy's
-                    old_lp[mb] = lp.detach() * mb_mask
-                loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange, num_tokens=n_tok)
-                if cfg.kl_in == "loss":
-                    kl_loss = (kl_k3(lp, ref_lp[mb]) * mb_mask).sum() / n_tok
-                    loss = loss + beta * kl_loss
-                    pm["kl_loss"] = kl_loss.item()
-                with torch.no_grad():
-                    pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
-                pm["pg_loss"] = loss.item()
-                if head:
-                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
-                                                num_tokens=n_tok)
-                    loss = loss + cfg.vf_coef * v_loss
-                    pm.update(vm, vf_loss=v_loss.item())
-                acc.backward(loss)
-                if clip_and_step(acc, policy, optimizer, scheduler, cfg.max_grad_norm) is None:
-                    run.nonfinite(step + 1, pm["pg_loss"])
-                if ppo and not head:
-                    v = critic(ids, ro.attention_mask[mb], ro.position_ids[mb])
-                    v_loss, vm = ppo_value_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
-                                                num_tokens=n_tok)
-                    acc.backward(v_loss)
-                    if clip_and_step(acc, critic, v_opt, v_sched, cfg.max_grad_norm) is None:
-                        run.nonfinite(step + 1, v_loss.item())
-                    pm.update(vm, vf_loss=v_loss.item())
-                if epoch == 0 and mb_i == 0:  # item 12: must be ratio 1, approx_kl 0, clipfrac 0
-                    first = {f"first_{key}": pm[key] for key in ("ratio", "approx_kl", "clipfrac")}
-                for key, val in pm.items():
-                    sums[key] = sums.get(key, 0.0) + val
-                n_updates += 1
+        # 3. advantages, 4. update
+        adv, values, returns = _advantages(cfg, policy, critic, ro, score, kl, seq_kl, mask, beta, global_sum)
+        update, first = _update(cfg, acc, run, step, policy, optimizer, scheduler, critic, ro, adv, values,
+                                returns, old_lp, ref_lp, mask, beta, reuse_lp)
         if reuse_lp:  # the sequence KL needed the log-probs the update just produced
-            m["seq_kl"] = _mean(acc, ((kl_k1(old_lp, ref_lp) * mask).sum(-1)).tolist())
-        m.update({key: _mean(acc, [v / n_updates]) for key, v in sums.items()})
-        m.update({key: _mean(acc, [v]) for key, v in first.items()}, lr=scheduler.get_last_lr()[0])
+            update["seq_kl"] = _mean(((kl_k1(old_lp, ref_lp) * mask).sum(-1)).tolist())
+        m.update(mean_across(acc, {**update, **first}), lr=scheduler.get_last_lr()[0])
+        # 5. KL control, alarms, log, checkpoint
         kl_ctl.update(m["seq_kl"], len(score) * world)
         eps_seen += len(score) * world
         done = step + 1
         bar.update(1)
         bar.set_postfix(kl=f"{m['seq_kl']:.3f}", r=f"{m['proxy_reward']:.3f}", refresh=False)
-        if cfg.max_kl is not None and m["seq_kl"] > cfg.max_kl:
-            alarm = {"step": done, "seq_kl": m["seq_kl"], "max_kl": cfg.max_kl, "action": cfg.kl_alarm}
-            log.warning("step %d: sequence KL %.4f above max_kl %.4f (%s)", done, m["seq_kl"], cfg.max_kl,
-                        cfg.kl_alarm)
-            m["alarm_kl"] = 1
-        n = cfg.gap_alarm_steps
-        if gap_widening(gaps, n):
-            # Over-optimisation signature (Gao et al. 2022): the proxy pulls away from the gold
-            # reward step after step. Needs a gold function (synthetic world).
-            alarm = {"step": done, "proxy_gold_gap": gaps[-1], "widening_steps": n, "action": cfg.gap_alarm}
-            log.warning("step %d: proxy-gold gap widened %d steps in a row (now %.4f) (%s)", done, n, gaps[-1],
-                        cfg.gap_alarm)
-            m["alarm_gap"] = 1
+        alarm = check_alarms(cfg, m, gaps, done) or alarm
         state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps}
         if alarm and alarm["action"] == "stop":
             last_eval = run.log_step(done, done, m, evaluate) or last_eval  # always logged (and evaluated)
@@ -430,7 +369,8 @@ def train(cfg: PPOConfig) -> Path:
         "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,
         "steps_done": done if n_steps > start else start, "processes": world, "prompts": len(prompts),
         "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
-        "critic": ("policy_head" if head else (cfg.value_model or cfg.reward_model or cfg.model)) if ppo else None,
+        "critic": (("policy_head" if isinstance(critic, HeadCritic) else
+                    (cfg.value_model or cfg.reward_model or cfg.model)) if critic is not None else None),
         "final_kl_coef": kl_ctl.value, "alarm": alarm, "stopped_by_alarm": stopped,
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},
@@ -444,11 +384,3 @@ def train(cfg: PPOConfig) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
-
-
-def _mean(acc, values: list[float]) -> float:
-    """Mean over this process's values, averaged over processes (equal counts per process)."""
-    t = torch.tensor(sum(values) / max(len(values), 1), dtype=torch.float64, device=acc.device)
-    if acc.num_processes > 1:
-        t = acc.reduce(t, reduction="mean")
-    return float(t.item())

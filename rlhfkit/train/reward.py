@@ -153,7 +153,7 @@ def _pair_loss(cfg: RewardConfig, rewards: torch.Tensor, b: dict) -> tuple[torch
 
 
 def evaluate_pairs(model, batches, device) -> dict:
-    """Score every held-out response once and compute the reward-model report (item 9)."""
+    """Score every held-out response once and compute the reward-model report (detail 9 above; item 6)."""
     rc, rr, lc, lr, strength, ties = [], [], [], [], [], []
     for b in batches:
         b = {k: v.to(device) for k, v in b.items()}

@@ -99,7 +99,7 @@ def train(cfg: SFTConfig) -> Path:
         batches = [collate(take(train_ds, mb))
                    for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
                                            accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
-        # Item 3: normalise by the loss-token count of the whole step on all processes. DDP
+        # Detail 3 above: normalise by the loss-token count of the whole step on all processes. DDP
         # averages gradients over processes, hence the factor `world`.
         step_tokens = global_count(acc, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
         scale = world / max(step_tokens, 1.0)
@@ -151,8 +151,8 @@ def train(cfg: SFTConfig) -> Path:
 
 
 def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL of a collated SFT batch's label tokens and their count (item 3). A packed batch
-    (position ids, no attention mask) gets an explicit block-diagonal causal mask (item 6), except
+    """Summed NLL of a collated SFT batch's label tokens and their count (detail 3 above). A packed batch
+    (position ids, no attention mask) gets an explicit block-diagonal causal mask (detail 6 above), except
     under flash attention, whose variable-length path reads the boundaries from the positions."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     net = getattr(model, "module", model)  # DDP wraps the model; config and dtype live inside

@@ -501,6 +501,14 @@ class PPOConfig(TrainConfig):
     gap_alarm: Literal["warn", "stop"] = "warn"
     """What the gap alarm does: log a warning, or stop the run (checkpoint and best/ kept)."""
 
+    collapse_alarm: Literal["off", "warn", "stop"] = "warn"
+    """Mode-collapse alarm: log a warning, stop the run (checkpoint and best/ kept), or off. It fires
+    when batch distinct-2 or token entropy falls below `collapse_threshold` of its value at the
+    first step, or one completion takes more than 1 - `collapse_threshold` of the batch."""
+
+    collapse_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Fraction of the starting diversity below which the collapse alarm fires (see `collapse_alarm`)."""
+
     keep_best: bool = True
     """Save the policy of the best rollout (gold reward if `gold_reward`, else proxy) to best/."""
 

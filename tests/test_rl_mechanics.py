@@ -433,3 +433,26 @@ def test_ppo_loss_two_processes_equal_one(tmp_path):
     diff = json.loads(out.read_text())
     assert diff["global"] < 1e-6, diff
     assert diff["naive"] > 1e-3, diff
+
+
+def test_collapse_monitors_by_hand():
+    from types import SimpleNamespace
+
+    from rlhfkit.rl.monitors import CollapseWatch, check_alarms, cross_prompt_similarity, top_completion_share
+
+    assert top_completion_share([[1, 2], [3, 4], [1, 2], [5]]) == 0.5
+    # prompts 0 and 1, k=2: only cross-prompt pairs count. Bigram sets {(1,2)}, {(1,2)}, {(1,2),(2,3)}, {(4,5)}:
+    # pairs (0,2): 1/2, (0,3): 0, (1,2): 1/2, (1,3): 0 -> mean 0.25
+    assert cross_prompt_similarity([[1, 2], [1, 2], [1, 2, 3], [4, 5]], k=2) == 0.25
+    watch = CollapseWatch(0.5)
+    start = {"distinct_2": 0.6, "entropy": 1.4, "top_completion_share": 0.05}
+    assert watch.check(start) == (1.0, [])  # the first step is the baseline
+    ratio, reasons = watch.check({"distinct_2": 0.33, "entropy": 1.4, "top_completion_share": 0.05})
+    assert ratio == pytest.approx(0.55) and reasons == []
+    ratio, reasons = watch.check({"distinct_2": 0.24, "entropy": 0.6, "top_completion_share": 0.6})
+    assert ratio == pytest.approx(0.4) and len(reasons) == 3
+    cfg = SimpleNamespace(collapse_alarm="warn", max_kl=1.0, kl_alarm="stop", gap_alarm_steps=0, gap_alarm="warn")
+    m = {"distinct_2": 0.1, "entropy": 0.5, "top_completion_share": 0.9, "seq_kl": 2.0}
+    alarm = check_alarms(cfg, m, [], 7, watch)
+    assert alarm["kind"] == "kl" and alarm["action"] == "stop"  # a stopping alarm wins over a warning
+    assert m["alarm_collapse"] == 1 and m["alarm_kl"] == 1

@@ -57,8 +57,12 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
    with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
-9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm), and so
-   does ``gap_alarm_steps`` when the proxy - gold gap widens that many steps in a row. With
+9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm and the
+   first step each kind fired, ``alarms_fired``), and so do ``gap_alarm_steps`` when the proxy -
+   gold gap widens that many steps in a row, and ``collapse_alarm`` when batch distinct-2 or token
+   entropy falls below ``collapse_threshold`` of its first-step value or one completion takes the
+   batch over (mode collapse; also logged: ``top_completion_share``, ``cross_prompt_similarity``,
+   ``collapse_ratio``). With
    ``keep_best`` the policy whose rollout had the best mean gold (else proxy) reward is saved to
    ``best/`` (the weights that produced that rollout, i.e. before that step's update; with
    LoRA a merged copy).
@@ -90,7 +94,8 @@ from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_rew
 from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whiten
 from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, ValueModel, policy_forward
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
-from rlhfkit.rl.monitors import check_alarms, distinct_2, gap_widening, mean_across  # noqa: F401 (re-exported)
+from rlhfkit.rl.monitors import (CollapseWatch, check_alarms, cross_prompt_similarity, distinct_2,  # noqa: F401
+                                  gap_widening, mean_across, top_completion_share)
 from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_token_normalizer, make_optimizer,
                                   make_scheduler, progress, start_run, total_steps, write_json)
@@ -279,11 +284,13 @@ def train(cfg: PPOConfig) -> Path:
     if world > 1:  # decorrelate the processes' sampling (restored per process on resume)
         torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (rank + 1))
     run = RunState(cfg, acc, run_dir)
-    start, best, gaps = run.start, {"value": None, "step": None}, []
+    start, best, gaps, fired = run.start, {"value": None, "step": None}, [], {}
+    collapse = CollapseWatch(cfg.collapse_threshold)
     if start:
         state = json.loads((run.ckpts.latest() / "state.json").read_text())
         kl_ctl.load_state_dict(state["kl_ctl"])
-        best, gaps = state["best"], state.get("gaps", [])
+        best, gaps, fired = state["best"], state.get("gaps", []), state.get("alarms_fired", {})
+        collapse.baseline = state.get("collapse_baseline")
     reuse_lp = reuses_update_logprobs(cfg, n_mb)
 
     def evaluate() -> dict[str, float]:
@@ -319,7 +326,9 @@ def train(cfg: PPOConfig) -> Path:
         seq_kl, beta = kl.sum(-1), kl_ctl.value
         local = {"proxy_reward": _mean(proxy.tolist()), "score": _mean(score.tolist()),
                  "response_length": _mean(ro.response_lengths.float().tolist()),
-                 "eos_rate": _mean(ro.ended_with_eos.float().tolist()), "distinct_2": distinct_2(ro.response_ids)}
+                 "eos_rate": _mean(ro.ended_with_eos.float().tolist()), "distinct_2": distinct_2(ro.response_ids),
+                 "top_completion_share": top_completion_share(ro.response_ids),
+                 "cross_prompt_similarity": cross_prompt_similarity(ro.response_ids[:64], k)}
         if not reuse_lp:
             local["seq_kl"] = _mean(seq_kl.tolist())
         if gold_fn:
@@ -347,8 +356,10 @@ def train(cfg: PPOConfig) -> Path:
         done = step + 1
         bar.update(1)
         bar.set_postfix(kl=f"{m['seq_kl']:.3f}", r=f"{m['proxy_reward']:.3f}", refresh=False)
-        alarm = check_alarms(cfg, m, gaps, done) or alarm
-        state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps}
+        alarm = check_alarms(cfg, m, gaps, done, collapse) or alarm
+        fired.update({kind: done for kind in ("kl", "gap", "collapse") if m.get(f"alarm_{kind}") and kind not in fired})
+        state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps, "alarms_fired": fired,
+                 "collapse_baseline": collapse.baseline}
         if alarm and alarm["action"] == "stop":
             last_eval = run.log_step(done, done, m, evaluate) or last_eval  # always logged (and evaluated)
             run.ckpts.save(done, state)
@@ -363,7 +374,8 @@ def train(cfg: PPOConfig) -> Path:
     acc.wait_for_everyone()
     stopped = bool(alarm and alarm["action"] == "stop")
     if not stopped:
-        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps})
+        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps,
+                                 "alarms_fired": fired, "collapse_baseline": collapse.baseline})
     final = run_dir / "final"
     summary = {
         "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,
@@ -371,7 +383,7 @@ def train(cfg: PPOConfig) -> Path:
         "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
         "critic": (("policy_head" if isinstance(critic, HeadCritic) else
                     (cfg.value_model or cfg.reward_model or cfg.model)) if critic is not None else None),
-        "final_kl_coef": kl_ctl.value, "alarm": alarm, "stopped_by_alarm": stopped,
+        "final_kl_coef": kl_ctl.value, "alarm": alarm, "alarms_fired": fired, "stopped_by_alarm": stopped,
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},
         **{f"initial_{key}": v for key, v in initial_eval.items()},

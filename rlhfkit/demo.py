@@ -107,14 +107,16 @@ def run_demo(output: str = "runs/demo", quick: bool = False) -> dict:
 
 
 def final_table(evaluation: dict) -> str:
-    """The printed table: gold, win rate vs SFT, KL to SFT, reward-model score, length per policy."""
-    rows = [f"{'policy':<10}{'gold':>8}{'win vs SFT':>13}{'KL(SFT)':>9}{'RM':>8}{'length':>8}"]
+    """The printed table: gold, win rate vs SFT, KL to SFT, reward-model score, length and the health
+    verdict (collapsed / reward hacked / healthy) per policy."""
+    rows = [f"{'policy':<10}{'gold':>8}{'win vs SFT':>13}{'KL(SFT)':>9}{'RM':>8}{'length':>8}  health"]
     for name, p in evaluation["policies"].items():
         def f(key: str, fmt: str = ".3f") -> str:
             v = p.get(key)
             return "-" if v is None else format(v, fmt)
         win, se = p.get("win_rate"), p.get("win_rate_se") or 0.0
         win_s = "-" if win is None else f"{100 * win:.0f}±{100 * se:.0f}%"
+        health = (p.get("health") or {}).get("verdict", "-")  # item 34: never crown a collapsed policy silently
         rows.append(f"{name:<10}{f('gold_mean'):>8}{win_s:>13}{f('kl', '.2f'):>9}{f('rm_mean'):>8}"
-                    f"{f('length_tokens', '.1f'):>8}")
+                    f"{f('length_tokens', '.1f'):>8}  {health}")
     return "\n".join(rows)

@@ -225,3 +225,48 @@ def test_cli_evaluate_rejects_unknown_reference(world, tmp_path):
     assert res.returncode == 2
     assert "reference 'sft' is not one of the policies (base)" in res.stderr
     assert not (tmp_path / "ev").exists()  # failed before any work
+
+
+def test_health_verdict_by_hand():
+    from rlhfkit.evaluate.metrics import health_verdict
+
+    ref = {"distinct_2": 0.40, "top_completion_share": 0.02, "length_tokens": 12.0}
+    healthy = health_verdict({"distinct_2": 0.36, "top_completion_share": 0.05, "length_tokens": 15.0,
+                              "win_rate": 0.7, "rm_win_rate": 0.8}, ref)
+    assert healthy["verdict"] == "healthy" and healthy["reasons"] == []
+    assert healthy["distinct_2_vs_reference"] == pytest.approx(0.9) and healthy["length_vs_reference"] == 1.25
+    generic = health_verdict({"distinct_2": 0.12, "top_completion_share": 0.6, "length_tokens": 6.0}, ref)
+    assert generic["verdict"] == "collapsed" and len(generic["reasons"]) == 2  # 30% diversity, 60% one answer
+    hacked = health_verdict({"distinct_2": 0.38, "top_completion_share": 0.03, "length_tokens": 40.0,
+                             "win_rate": 0.3, "rm_win_rate": 0.9}, ref)
+    assert hacked["verdict"] == "reward hacked: proxy up, gold down"
+    alarmed = health_verdict({"distinct_2": 0.38, "top_completion_share": 0.03}, ref, {"collapse": 6})
+    assert alarmed["verdict"] == "collapsed" and "collapse alarm at step 6" in alarmed["reasons"]
+
+
+def test_report_does_not_crown_a_collapsed_policy(tmp_path):
+    """The headline table carries the verdict and the health section names the repeated completion
+    and the training run's alarm."""
+    from rlhfkit.evaluate.metrics import health_verdict
+
+    sft = {"gold_mean": 0.0, "win_rate": 0.5, "win_rate_se": 0.0, "distinct_1": 0.2, "distinct_2": 0.4,
+           "top_completion": "the lamp is fine .", "top_completion_share": 0.02, "length_tokens": 12.0, "kl": 0.0}
+    ppo = {"gold_mean": 0.6, "win_rate": 0.86, "win_rate_se": 0.02, "distinct_1": 0.05, "distinct_2": 0.12,
+           "top_completion": "i would truly recommend it .", "top_completion_share": 0.7, "length_tokens": 8.0,
+           "kl": 8.6}
+    for m in (sft, ppo):
+        m["health"] = health_verdict(m, sft)
+    run = tmp_path / "round1" / "rl-ppo"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"stage": "ppo", "alarms_fired": {"collapse": 8}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "proxy_reward": 0.1}) + "\n")
+    evaluation = {"reference": "sft", "prompts": 4, "num_samples": 1, "policies": {"sft": sft, "rl-ppo": ppo},
+                  "samples": []}
+    text = write_report(tmp_path / "out", evaluation=evaluation, runs={"round1/rl-ppo": run}).read_text()
+    table = text.split("## Final numbers")[1].split("\n## ")[0]
+    rows = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert rows["rl-ppo"].rstrip(" |").endswith("collapsed") and rows["sft"].rstrip(" |").endswith("healthy")
+    health = text.split("## Health")[1].split("\n## ")[0]
+    assert "i would truly recommend it . (0.70)" in health and "collapse at step 8" in health
+    from rlhfkit.demo import final_table
+    assert final_table(evaluation).splitlines()[2].endswith("collapsed")

@@ -109,3 +109,38 @@ def gao_rl_fit(kl: Sequence[float], gold_gain: Sequence[float]) -> dict:
     return {"alpha": float(alpha), "beta": float(beta), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
             "d_peak": d_peak, "kl_peak": None if d_peak is None else d_peak ** 2,
             "gold_gain_peak": None if d_peak is None else float(d_peak * (alpha - beta * np.log(d_peak)))}
+
+
+def health_verdict(policy: dict, reference: dict, alarms_fired: dict | None = None, *,
+                   collapse_ratio: float = 0.5) -> dict:
+    """A one-line verdict on a policy's samples next to the reference's (item 34): numbers that rose
+    are not a success when every prompt gets the same answer, or when the proxy rose while gold fell.
+
+    ``policy`` / ``reference``: per-policy metrics of ``evaluate_policies`` (distinct_2,
+    top_completion_share, length_tokens, and win_rate / rm_win_rate vs the reference when known).
+    Verdicts: "collapsed" when distinct-2 is below ``collapse_ratio`` of the reference's or one
+    completion is over half of the samples (and more than in the reference's); "reward hacked:
+    proxy up, gold down" when the reward model prefers the policy (RM win rate > 0.55) while gold
+    does not (gold win rate < 0.45); else "healthy". ``alarms_fired`` (kind -> first step, from the
+    training run's summary) are reported with it; a collapse alarm alone makes it "collapsed".
+    """
+    reasons = []
+    d2, d2_ref = policy.get("distinct_2"), reference.get("distinct_2")
+    diversity = d2 / d2_ref if d2 is not None and d2_ref else None
+    share, share_ref = policy.get("top_completion_share") or 0.0, reference.get("top_completion_share") or 0.0
+    if diversity is not None and diversity < collapse_ratio:
+        reasons.append(f"distinct-2 at {diversity:.0%} of the reference's")
+    if share > 0.5 and share > share_ref:
+        reasons.append(f"one completion is {share:.0%} of the samples")
+    alarms = dict(alarms_fired or {})
+    if "collapse" in alarms:
+        reasons.append(f"collapse alarm at step {alarms['collapse']}")
+    verdict = "collapsed" if reasons else "healthy"
+    win, rm_win = policy.get("win_rate"), policy.get("rm_win_rate")
+    if verdict == "healthy" and win is not None and rm_win is not None and rm_win > 0.55 and win < 0.45:
+        verdict = "reward hacked: proxy up, gold down"
+        reasons.append(f"RM win rate {rm_win:.0%}, gold win rate {win:.0%}")
+    length, length_ref = policy.get("length_tokens"), reference.get("length_tokens")
+    return {"verdict": verdict, "reasons": reasons, "alarms_fired": alarms,
+            "distinct_2_vs_reference": diversity,
+            "length_vs_reference": length / length_ref if length is not None and length_ref else None}

@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.evaluate.metrics import health_verdict
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,11 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
                  length_words=float(np.mean([len(t.split()) for t in texts])),
                  distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
                  eos_rate=float(np.mean([r["ended_with_eos"] for r in rows])))
+        top, count = Counter(texts).most_common(1)[0]
+        m.update(top_completion=top, top_completion_share=count / len(texts))
         results[name] = m
+    for name, m in results.items():  # item 34: a verdict on the samples, not only the scores
+        m["health"] = health_verdict(m, results[reference])
 
     # 5) The same first prompts for every policy, side by side.
     display = []

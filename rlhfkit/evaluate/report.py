@@ -210,7 +210,39 @@ def plot_reliability(bins: list[dict], path: Path, title: str) -> Path | None:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _final_table(evaluation: dict) -> list[str]:
+def _health(evaluation: dict, runs: dict[str, str | Path] | None) -> dict[str, dict]:
+    """Per policy: the evaluation's sample-based verdict, redone with the alarms of the training run
+    whose name ends with the policy's (e.g. run 'round1/rl-ppo' for policy 'rl-ppo')."""
+    from rlhfkit.evaluate.metrics import health_verdict
+
+    pols = evaluation.get("policies", {})
+    ref = pols.get(evaluation.get("reference", ""), {})
+    out = {}
+    for name, m in pols.items():
+        alarms = {}
+        for run_name, run_dir in (runs or {}).items():
+            summary = Path(run_dir) / "summary.json"
+            if (run_name == name or run_name.endswith("/" + name)) and summary.is_file():
+                alarms = json.loads(summary.read_text(encoding="utf-8")).get("alarms_fired") or {}
+        out[name] = health_verdict(m, ref, alarms) if ref else (m.get("health") or {})
+    return out
+
+
+def _health_table(evaluation: dict, health: dict[str, dict]) -> list[str]:
+    lines = ["| policy | verdict | distinct-2 vs reference | length vs reference | most repeated completion "
+             "(share) | alarms fired | why |", "|---|---|---|---|---|---|---|"]
+    for name, m in evaluation.get("policies", {}).items():
+        h = health.get(name, {})
+        top = m.get("top_completion")
+        top_s = "–" if top is None else f"{_cell(top[:80])} ({_fmt(m.get('top_completion_share'), 2)})"
+        alarms = ", ".join(f"{k} at step {v}" for k, v in (h.get("alarms_fired") or {}).items()) or "none"
+        lines.append(f"| {_cell(name)} | **{h.get('verdict', '–')}** | {_fmt(h.get('distinct_2_vs_reference'), 2)} "
+                     f"| {_fmt(h.get('length_vs_reference'), 2)} | {top_s} | {alarms} "
+                     f"| {_cell('; '.join(h.get('reasons', [])) or '–')} |")
+    return lines
+
+
+def _final_table(evaluation: dict, health: dict[str, dict] | None = None) -> list[str]:
     ref = evaluation.get("reference", "reference")
     pols = evaluation.get("policies", {})
     has_gold = any("gold_mean" in m for m in pols.values())
@@ -221,7 +253,7 @@ def _final_table(evaluation: dict) -> list[str]:
     head += [f"KL to {ref} (nats)"]
     if has_rm:
         head += ["RM score", f"RM win-rate vs {ref}"]
-    head += ["length (tokens)", "length (words)", "distinct-1", "distinct-2", "EOS"]
+    head += ["length (tokens)", "length (words)", "distinct-1", "distinct-2", "EOS", "health"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in pols.items():
         row = [_cell(name)]
@@ -231,8 +263,9 @@ def _final_table(evaluation: dict) -> list[str]:
         row += [_pm(m.get("kl"), m.get("kl_se"), 2)]
         if has_rm:
             row += [_pm(m.get("rm_mean"), m.get("rm_std")), _pm(m.get("rm_win_rate"), m.get("rm_win_rate_se"))]
+        verdict = ((health or {}).get(name) or m.get("health") or {}).get("verdict", "–")
         row += [_fmt(m.get("length_tokens"), 1), _fmt(m.get("length_words"), 1), _fmt(m.get("distinct_1")),
-                _fmt(m.get("distinct_2")), _fmt(m.get("eos_rate"), 2)]
+                _fmt(m.get("distinct_2")), _fmt(m.get("eos_rate"), 2), verdict]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -290,7 +323,13 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
            "± one standard error. KL is the sequence KL(policy || reference) estimated from the policy's own "
            f"samples. Reward model: {evaluation.get('reward_model') or 'none'}.", ""]
 
-    md += ["## Final numbers", "", *_final_table(evaluation), ""]
+    health = _health(evaluation, runs)
+    md += ["## Final numbers", "", *_final_table(evaluation, health), ""]
+    md += ["## Health", "", "Is each policy's output still worth reading? Diversity and length next to the "
+           f"reference ({ref}), the most repeated completion, the training run's alarms (first step each "
+           "kind fired), and a verdict: 'collapsed' (distinct-2 under half the reference's, one completion "
+           "over half the samples, or a collapse alarm), 'reward hacked: proxy up, gold down', or 'healthy'.",
+           "", *_health_table(evaluation, health), ""]
 
     points = frontier if frontier is not None else frontier_from_evaluation(evaluation)
     md += ["## Reward vs KL frontier", ""]

@@ -44,7 +44,9 @@ def check_alarms(cfg, m: dict, gaps: list[float], step: int, collapse: "Collapse
         m["collapse_ratio"], reasons = collapse.check(m)
         if reasons and cfg.collapse_alarm != "off":
             alarms.append({"kind": "collapse", "step": step, "reasons": reasons, "action": cfg.collapse_alarm})
-            log.warning("step %d: mode collapse: %s (%s)", step, "; ".join(reasons), cfg.collapse_alarm)
+            if not collapse.warned:  # once: later steps carry alarm_collapse in the metrics
+                collapse.warned = True
+                log.warning("step %d: mode collapse: %s (%s)", step, "; ".join(reasons), cfg.collapse_alarm)
             m["alarm_collapse"] = 1
     alarm = None
     if cfg.max_kl is not None and m["seq_kl"] > cfg.max_kl:
@@ -102,7 +104,7 @@ class CollapseWatch:
     """
 
     def __init__(self, threshold: float, baseline: dict | None = None):
-        self.threshold, self.baseline = threshold, baseline
+        self.threshold, self.baseline, self.warned = threshold, baseline, False
 
     def check(self, m: dict) -> tuple[float, list[str]]:
         """(collapse ratio: min of distinct-2 and entropy relative to the start, reasons it fires)."""

@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from rlhfkit.data.collate import _encode_prompts, left_pad_prompts
+    from rlhfkit.data.collate import encode_prompts, left_pad_prompts
     from rlhfkit.modeling import load_causal_lm, load_tokenizer
     from rlhfkit.rl.rollout import generate_rollout
 
@@ -65,7 +65,7 @@ def main() -> None:
                "logprob_share": round(r.meta["logprob_seconds"] / total, 3),
                "eos_rate": round(float(r.ended_with_eos.float().mean()), 3)}
         if args.no_cache_baseline:
-            ids = _encode_prompts(tok, prompts)
+            ids = encode_prompts(tok, prompts)
             t0 = time.perf_counter()
             with torch.no_grad():
                 for s in range(0, len(ids), args.batch_size):

@@ -239,9 +239,6 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return [p[:-1] if p and p[-1] == eos and p != [bos] else p for p in ids]
 
 
-_encode_prompts = encode_prompts  # the name the rest of the package has used
-
-
 def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
     """Response texts -> token ids that end with exactly one EOS (module docstring): a rendered
     reply keeps everything through its last EOS and loses the white space a template writes after

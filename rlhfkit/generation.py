@@ -30,14 +30,14 @@ from rlhfkit.data.collate import encode_prompts, fit_prompts, left_pad_prompts
 
 log = logging.getLogger(__name__)
 
-# Processors a checkpoint's generation_config.json may switch on, with their neutral values.
+# Processors a checkpoint's generation_config.json may switch on, with their neutral values
+# (temperature / top-k / top-p / do_sample are always set by sampling_config, so never ignored).
 _NEUTRAL = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
             "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
             "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
             "exponential_decay_length_penalty": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-            "typical_p": 1.0, "min_p": None, "top_k": 50, "top_p": 1.0, "temperature": 1.0,
-            "encoder_repetition_penalty": 1.0, "guidance_scale": None, "watermarking_config": None,
-            "renormalize_logits": False, "do_sample": False}
+            "typical_p": 1.0, "min_p": None, "encoder_repetition_penalty": 1.0, "guidance_scale": None,
+            "watermarking_config": None, "renormalize_logits": False}
 _warned: set[int] = set()
 
 
@@ -65,7 +65,7 @@ def ignored_settings(model) -> dict:
     out = {}
     for key, neutral in _NEUTRAL.items():
         v = getattr(gc, key, None)
-        if v is not None and v != neutral and key not in ("do_sample", "temperature", "top_k", "top_p"):
+        if v is not None and v != neutral:
             out[key] = v
     eos = getattr(gc, "eos_token_id", None)
     if isinstance(eos, list) and len(eos) > 1:

@@ -102,7 +102,7 @@ def test_login_throttle_by_hand():
 def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store, monkeypatch):
     # A fake clock: with a real 0.5 s window, slow password hashing on a loaded machine let the
     # failures age out before the fourth attempt (a CI flake).
-    import rlhfkit.feedback.app as app_module
+    import rlhfkit.feedback.web.app as app_module  # create_app looks LoginThrottle up there
 
     now = [0.0]
 

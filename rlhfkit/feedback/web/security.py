@@ -1,0 +1,158 @@
+"""Sessions and their protections: signed cookies, CSRF tokens, the login throttle, the
+login / admin dependencies of pages and API, and the security headers on every response.
+
+The cookie holds the store's session token plus an HMAC of it under the app secret
+(``app.state.secret_key``), so a forged or altered cookie is rejected before the database is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import threading
+import time
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from starlette.exceptions import HTTPException
+
+from rlhfkit.feedback.web.deps import Store
+
+COOKIE = "rlhf_session"
+
+
+def sign(request: Request, value: str) -> str:
+    return hmac.new(request.app.state.secret_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_token(request: Request, session_token: str) -> str:
+    return sign(request, "csrf:" + session_token)
+
+
+def cookie_value(request: Request, session_token: str) -> str:
+    return f"{session_token}.{sign(request, session_token)}"
+
+
+def check_csrf(request: Request, form: Any) -> None:
+    token = getattr(request.state, "session_token", "")
+    sent = str(form.get("csrf", ""))
+    if not token or not hmac.compare_digest(sent, csrf_token(request, token)):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+# ---------------------------------------------------------------------------------------------
+# login throttle
+
+
+class LoginThrottle:
+    """Failed logins per (client address, name) in a sliding window, in this process's memory
+    (one `rlhf label serve` process; behind several workers each counts its own)."""
+
+    def __init__(self, max_failures: int, window_s: float, clock=time.monotonic):
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, key: tuple[str, str]) -> int:
+        """Seconds until another attempt is allowed; 0 when it is allowed now."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(key, now)
+            if len(times) < self.max_failures:
+                return 0
+            return max(1, math.ceil(times[-self.max_failures] + self.window_s - now))
+
+    def failed(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.setdefault(key, []).append(self.clock())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+def throttle_key(request: Request, name: str) -> tuple[str, str]:
+    return (request.client.host if request.client else "?", name.strip().lower())
+
+
+# ---------------------------------------------------------------------------------------------
+# who is asking: dependencies of pages (cookie) and API (bearer token)
+
+
+class LoginRequired(Exception):
+    """Raised by page dependencies; turned into a redirect to /login."""
+
+
+def page_user(request: Request, store: Store):
+    raw = request.cookies.get(COOKIE, "")
+    token, _, sig = raw.rpartition(".")
+    if not token or not hmac.compare_digest(sig, sign(request, token)):
+        raise LoginRequired()
+    me = store.annotator_for_session(token)
+    if me is None:
+        raise LoginRequired()
+    request.state.annotator = me
+    request.state.session_token = token
+    return me
+
+
+PageUser = Annotated[Any, Depends(page_user)]  # a page's signed-in annotator, else to /login
+
+
+def page_admin(me: PageUser):
+    if me.role != "admin":
+        raise HTTPException(403, "admin pages need an admin account")
+    return me
+
+
+PageAdmin = Annotated[Any, Depends(page_admin)]
+
+
+def api_user(request: Request, store: Store):
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "missing 'Authorization: Bearer <token>' (POST /api/login)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    me = store.annotator_for_session(token.strip())
+    if me is None:
+        raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
+    return me
+
+
+ApiUser = Annotated[Any, Depends(api_user)]
+
+
+# ---------------------------------------------------------------------------------------------
+# every response
+
+
+async def security_headers(request: Request, call_next):
+    """HTTP middleware: refuse cross-site form posts, and set CSP and friends on every response."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not request.url.path.startswith("/api/"):
+        # Browsers send Origin on every cross-site POST; SameSite=Lax already withholds the
+        # cookie there, this refuses the request outright (login form included).
+        # Host only, not the scheme: behind a TLS proxy the app sees http while the browser
+        # says https. "null" (sandboxed frames, file: pages) is never one of our own pages.
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+            return HTMLResponse("cross-site form post refused", status_code=403)
+    response = await call_next(request)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response

@@ -57,7 +57,7 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
         estimator=estimator, num_samples=a.samples if estimator != "ppo" else None,
         reward_functions=["gold"], max_new_tokens=a.max_new_tokens, temperature=TEMPERATURE,
         # PPO has no groups: the same episodes per step come from prompts x samples distinct prompts.
-        per_device_batch_size=a.prompts_per_step * (a.samples if estimator == "ppo" else 1), max_steps=a.steps,
+        prompts_per_device=a.prompts_per_step * (a.samples if estimator == "ppo" else 1), max_steps=a.steps,
         # One epoch over one minibatch of all episodes = TRL's default (num_iterations=1, one
         # optimizer step per generation batch); rlhfkit's default 4 epochs x 4 minibatches would
         # do 16x the update work per rollout.

@@ -1,6 +1,6 @@
 """`rlhf <stage> --config FILE.yaml [key=value ...]`: parse, validate, dispatch. No logic here.
 
-Every stage is invoked the same way; the stage's config class (rlhfkit/config.py) is the single
+Every stage is invoked the same way; the stage's config class (rlhfkit/config/) is the single
 source of its options and of its ``--help`` text.
 """
 

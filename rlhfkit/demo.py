@@ -8,7 +8,6 @@ base, SFT, PPO and DPO on held-out prompts (gold reward, win rate vs SFT, KL) ->
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 from rlhfkit.config import SFTConfig, SynthConfig
@@ -30,28 +29,6 @@ def sft_keys(quick: bool) -> dict:
 def sft_config(world: Path, output: Path, quick: bool) -> SFTConfig:
     return SFTConfig(model=str(world / "base"), data=str(world / "sft.jsonl"), eval_data=str(world / "sft_eval.jsonl"),
                      output_dir=str(output / "sft"), **sft_keys(quick))
-
-
-def evaluate_policy(model_dir: str | Path, prompts: list[str], *, max_new_tokens: int = 48,
-                    seed: int = 0) -> dict:
-    """Sample once per prompt (temperature 1) and measure the completion format and gold reward."""
-    from rlhfkit.generation import sample_completions
-    from rlhfkit.modeling import load_causal_lm, load_tokenizer
-    from rlhfkit.synthetic.gold import gold_rewards
-    from rlhfkit.synthetic.grammar import follows_format
-
-    tok = load_tokenizer(str(model_dir))
-    model = load_causal_lm(str(model_dir), tok)
-    rows = sample_completions(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-    fmt = [r["ended_with_eos"] and follows_format(r["completion"]) for r in rows]
-    gold = gold_rewards([r["completion"] for r in rows], [r["prompt"] for r in rows])
-    return {
-        "format_rate": sum(fmt) / len(rows),
-        "eos_rate": sum(r["ended_with_eos"] for r in rows) / len(rows),
-        "gold_mean": statistics.fmean(gold),
-        "length_mean": statistics.fmean(r["num_tokens"] for r in rows),
-        "samples": rows[:5],
-    }
 
 
 def demo_pipeline(output: str | Path, quick: bool) -> dict:
@@ -78,7 +55,7 @@ def demo_pipeline(output: str | Path, quick: bool) -> dict:
         "export": {"aggregate": "judgement", "ties": "drop"},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "num_epochs": 2, "max_length": 96,
                    "eval_fraction": 0.1, "warmup_ratio": 0.05, "log_every": 10},
-        "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "per_device_batch_size": 32, "mini_batch_size": 16,
+        "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "prompts_per_device": 32, "mini_batch_size": 16,
                        "ppo_epochs": 2, **gen, "max_steps": 16, "log_every": 1,
                        "eval_data": f"{w}/prompts_eval.jsonl", "eval_prompts": 32 if quick else 64,
                        "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold_reward": True}},
@@ -111,7 +88,7 @@ def final_table(evaluation: dict) -> str:
     verdict (collapsed / reward hacked / healthy) per policy."""
     rows = [f"{'policy':<10}{'gold':>8}{'win vs SFT':>13}{'KL(SFT)':>9}{'RM':>8}{'length':>8}  health"]
     for name, p in evaluation["policies"].items():
-        def f(key: str, fmt: str = ".3f") -> str:
+        def f(key: str, fmt: str = ".3f", p: dict = p) -> str:
             v = p.get(key)
             return "-" if v is None else format(v, fmt)
         win, se = p.get("win_rate"), p.get("win_rate_se") or 0.0

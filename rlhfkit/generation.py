@@ -132,6 +132,22 @@ def prompt_ids_for(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     return ids
 
 
+def truncate_after_eos(new_ids: torch.Tensor, eos_id: int,
+                       pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, R) generated columns -> (ids with PAD after the first EOS, (B, R) mask through the
+    first EOS, (B,) ended_with_eos). A row without EOS keeps all R tokens (even sampled PADs:
+    the mask is positional, not by token id). The one place a generation is cut: rollouts and
+    evaluation samples end at the same token."""
+    b, r = new_ids.shape
+    is_eos = new_ids == eos_id  # (B, R)
+    ended = is_eos.any(dim=1)  # (B,)
+    # first EOS column, or R when there is none; argmax returns the first maximum
+    first = torch.where(ended, is_eos.int().argmax(dim=1), torch.full((b,), r, device=new_ids.device))
+    cols = torch.arange(r, device=new_ids.device).expand(b, r)  # (B, R)
+    mask = (cols <= first.unsqueeze(1)).long()  # (B, R) includes the EOS itself
+    return new_ids.masked_fill(mask == 0, pad_id), mask, ended
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 48,
                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -156,10 +172,10 @@ def sample_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: 
         chunk, ids = prompts[start:start + batch_size], all_ids[start:start + batch_size]
         batch = {k: v.to(device) for k, v in left_pad_prompts(ids, pad).items()}
         gen = generate(model, batch, config)
-        new = gen[:, batch["input_ids"].shape[1]:]  # (B, <=max_new_tokens)
-        for prompt, p_ids, row in zip(chunk, ids, new.tolist()):
-            ended = eos in row
-            toks = row[:row.index(eos)] if ended else [t for t in row if t != pad]
+        new, mask, ended_rows = truncate_after_eos(gen[:, batch["input_ids"].shape[1]:], eos, pad)  # (B, R)
+        rows = zip(chunk, ids, new.tolist(), mask.sum(1).tolist(), ended_rows.tolist())
+        for prompt, p_ids, row, n, ended in rows:
+            toks = row[:n - 1] if ended else row[:n]  # the text ends before the EOS
             out.append({"prompt": prompt, "completion": tokenizer.decode(toks, skip_special_tokens=True),
                         "ended_with_eos": ended, "num_tokens": len(toks) + int(ended)})
             if return_ids:

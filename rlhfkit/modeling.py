@@ -123,7 +123,7 @@ def load_reward_model(name_or_path: str, tokenizer=None, *, dtype: str = "float3
     reward model is loaded as is. The score is read at the last non-pad token, which is why
     PAD != EOS is enforced by `load_tokenizer` (item 2).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     try:
         config = _load_config(name_or_path, disable_dropout)
@@ -291,7 +291,3 @@ def chat_renderer(tokenizer) -> Callable[[list[dict], bool], str] | None:
                                              add_generation_prompt=add_generation_prompt)
 
     return render
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -82,7 +82,7 @@ class Pipeline:
     # ---- section access -------------------------------------------------------------------
     def section(self, name: str) -> dict:
         raw = getattr(self.cfg, name)
-        return _subst(dict(raw or {}), self.world)
+        return _subst(raw.overrides() if raw is not None else {}, self.world)
 
     @property
     def store(self) -> str:
@@ -109,7 +109,7 @@ class Pipeline:
             if self.cfg.sft is not None:
                 checks.append(("sft", C.SFTConfig, {"model": p, "data": p, **self.section("sft"), "output_dir": p}))
             checks.append(("collect", C.CollectConfig, self._collect_kwargs([p], round_=1, placeholder=p)))
-            if self.cfg.label.get("mode", "simulate") == "simulate":
+            if self.cfg.label.mode == "simulate":
                 checks.append(("label", C.LabelSimulateConfig, self._simulate_kwargs(1)))
             checks.append(("export", C.LabelExportConfig, self._export_kwargs(Path(p) / "x.jsonl")))
             if self.cfg.reward is not None:
@@ -124,7 +124,7 @@ class Pipeline:
                 except ConfigError as e:
                     raise ConfigError(f"pipeline section '{where}': {e}") from None
             if self.cfg.rl and self.cfg.reward is None and not any(
-                    r.get("reward_functions") or r.get("reward_model") for r in self.cfg.rl.values()):
+                    r.reward_functions or r.reward_model for r in self.cfg.rl.values()):
                 raise ConfigError("pipeline: `rl` needs a reward: add a `reward` section (train a reward model) "
                                   "or give reward_functions / reward_model in the rl entry")
         finally:
@@ -137,7 +137,7 @@ class Pipeline:
         owned = {"output_dir", "store", "project"}
         sections = [(n, self.section(n)) for n in ("world", "sft", "collect", "label", "reward", "evaluate")]
         for group in ("rl", "dpo"):
-            sections += [(f"{group}.{run}", sec) for run, sec in (getattr(self.cfg, group) or {}).items()]
+            sections += [(f"{group}.{run}", sec.overrides()) for run, sec in getattr(self.cfg, group).items()]
         for where, sec in sections:
             for key in sorted(owned & set(sec or {})):
                 raise ConfigError(f"pipeline section '{where}': `{key}` is set by the pipeline "
@@ -150,8 +150,8 @@ class Pipeline:
                 if key in PATH_KEYS and isinstance(value, str):
                     found.append((f"{name}.{key}", value))
         for group in ("rl", "dpo"):
-            for run, sec in (getattr(self.cfg, group) or {}).items():
-                for key, value in _subst(sec, self.world).items():
+            for run, sec in getattr(self.cfg, group).items():
+                for key, value in _subst(sec.overrides(), self.world).items():
                     if key in PATH_KEYS and isinstance(value, str):
                         found.append((f"{group}.{run}.{key}", value))
         if self.cfg.policy:
@@ -211,14 +211,14 @@ class Pipeline:
                 "output_dir": str(self.out / f"round{round_}" / "label")}
 
     def _export_kwargs(self, output: Path) -> dict:
-        return {**self.section("export"), "store": self.store, "project": self.cfg.project, "output": str(output),
-                "output_dir": str(Path(output).parent / "export")}
+        return {**self.section("export"), "store": self.store, "project": self.cfg.project,
+                "output": str(output)}
 
     def _reward_kwargs(self, model: str, data: str, out: str) -> dict:
         return {"model": model, **self.section("reward"), "data": data, "output_dir": out, "resume": True}
 
     def _rl_kwargs(self, name: str, model: str, ref: str, rm: str | None, out: str) -> dict:
-        sec = _subst(dict(self.cfg.rl[name] or {}), self.world)
+        sec = _subst(self.cfg.rl[name].overrides(), self.world)
         kw = {"data": self.section("collect").get("prompts"), **sec, "model": model, "output_dir": out,
               "resume": True}  # RL prompts default to the prompts people compare completions of
         if ref != model:
@@ -228,7 +228,7 @@ class Pipeline:
         return kw
 
     def _dpo_kwargs(self, name: str, model: str, data: str, out: str) -> dict:
-        sec = _subst(dict(self.cfg.dpo[name] or {}), self.world)
+        sec = _subst(self.cfg.dpo[name].overrides(), self.world)
         return {**sec, "model": model, "data": data, "output_dir": out, "resume": True}
 
     # ---- state (detail 3 above) --------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhfkit.data.collate import encode_prompt_response, pad, position_ids_from_mask
+from rlhfkit.data.collate import encode_prompt_response, response_batch
 from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,19 @@ def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.logits[:, 0].float()
 
 
+def score_encoded(model, pairs: list[tuple[list[int], list[int]]], pad_token_id: int, *, batch_size: int,
+                  device) -> np.ndarray:
+    """Raw scores (N,) of already encoded (prompt ids, response ids) pairs, right-padded in batches
+    of ``batch_size``: the one way a reward model is run over texts (scorer, RM normalisation)."""
+    out = np.zeros(len(pairs))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch = response_batch([p for p, _ in chunk], [r for _, r in chunk], pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out[start:start + len(chunk)] = raw_rewards(model, batch).cpu().numpy()
+    return out
+
+
 class RewardScorer:
     """Batched scoring of (prompt, response) texts with a (possibly ensembled) reward model."""
 
@@ -56,17 +69,11 @@ class RewardScorer:
         Active selection needs the members apart: their disagreement is the uncertainty."""
         pairs = encode_prompt_response(self.tokenizer, prompts, responses, max_length=self.max_length)
         per_model = np.zeros((len(self.models), len(pairs)))
-        for start in range(0, len(pairs), batch_size):
-            seqs = [p + r for p, r in pairs[start:start + batch_size]]
-            ids = pad(seqs, self.tokenizer.pad_token_id, "right")
-            attn = pad([[1] * len(s) for s in seqs], 0, "right")
-            batch = {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device),
-                     "position_ids": position_ids_from_mask(attn).to(self.device)}
-            for k, model in enumerate(self.models):
-                r = raw_rewards(model, batch).cpu().numpy()
-                if normalized:
-                    r = (r - getattr(model.config, REWARD_OFFSET, 0.0)) / getattr(model.config, REWARD_SCALE, 1.0)
-                per_model[k, start:start + len(seqs)] = r
+        for k, model in enumerate(self.models):
+            r = score_encoded(model, pairs, self.tokenizer.pad_token_id, batch_size=batch_size, device=self.device)
+            if normalized:
+                r = (r - getattr(model.config, REWARD_OFFSET, 0.0)) / getattr(model.config, REWARD_SCALE, 1.0)
+            per_model[k] = r
         return per_model
 
     def score(self, prompts: list[str], responses: list[str], *, batch_size: int = 32,

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhfkit.losses import ppo_policy_loss
-from rlhfkit.train.common import global_token_normalizer
+from rlhfkit.distributed import global_token_normalizer
 
 acc = Accelerator(cpu=True)
 torch.manual_seed(0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,56 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run([*exe, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+# Every process the suite starts inherits this marker, so the end of the session can find any that
+# outlived their test -- including orphans whose parent was killed (reparented to init, so not
+# anyone's child any more).
+RUN_MARKER = "RLHFKIT_TEST_RUN"
+
+
 def pytest_configure(config):
     """One torch thread per xdist worker: two workers on two cores, each with two threads,
     spend their time fighting over the cores."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ[RUN_MARKER] = f"{os.getpid()}-{time.time_ns()}"
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _survivors(marker: str) -> list:
+    import psutil
+
+    me, found = os.getpid(), []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != me and p.environ().get(RUN_MARKER) == marker and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no process behind: any process started under this session that is still
+    running when it ends (xdist workers have exited by now) is killed and fails the run."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or RUN_MARKER not in os.environ:
+        return
+    import psutil
+
+    left = _survivors(os.environ[RUN_MARKER])
+    if not left:
+        return
+    _, alive = psutil.wait_procs(left, timeout=5)  # processes in their last second of shutdown
+    if not alive:
+        return
+    lines = []
+    for p in alive:
+        try:
+            lines.append(f"  pid {p.pid}: {' '.join(p.info['cmdline'] or [])[:200]}")
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    print("\nprocesses outlived the test session (killed now):\n" + "\n".join(lines), file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

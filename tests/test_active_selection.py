@@ -197,7 +197,7 @@ def test_pipeline_round_two_selects_with_round_one_reward_model(world, sft_model
         "label": {"mode": "simulate", "num_annotators": 1, "temperature": 0.1},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 8, "max_steps": 3, "max_length": 64,
                    "log_every": 1},
-        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "per_device_batch_size": 4,
+        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "prompts_per_device": 4,
                         "mini_batch_size": 8, "max_new_tokens": 8, "max_length": 64, "max_steps": 1,
                         "eval_prompts": 0, "log_every": 1}},
     }

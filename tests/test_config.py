@@ -120,3 +120,40 @@ def test_settings_that_would_silently_break_rlhf_are_named_errors(tmp_path, mode
             config_from_dict(cls, data)
     assert config_from_dict(PPOConfig, {**ppo, "estimator": "grpo", "scale_rewards": "none"}).scale_rewards == "none"
     assert config_from_dict(RewardConfig, {**base, "use_margin": True}).use_margin
+
+
+def test_a_key_a_stage_does_not_read_is_a_named_error(tmp_path, model_dir):
+    """PPO counts prompts per step and never accumulates; keys that only fit other stages are named."""
+    from rlhfkit.config import LabelExportConfig, PPOConfig, ScoreConfig, config_from_dict
+
+    ppo = {"model": model_dir, "data": "d.jsonl", "reward_functions": ["gold"]}
+    assert config_from_dict(PPOConfig, {**ppo, "prompts_per_device": 4}).prompts_per_device == 4
+    with pytest.raises(ConfigError, match="per_device_batch_size: use prompts_per_device.*command line"):
+        config_from_dict(PPOConfig, ppo, {"per_device_batch_size": 4})
+    for key in ("gradient_accumulation_steps", "eval_batch_size"):
+        with pytest.raises(ConfigError, match=f"{key}: PPO"):
+            config_from_dict(PPOConfig, {**ppo, key: 4})
+    with pytest.raises(ConfigError, match="output_dir.*unknown key"):
+        config_from_dict(LabelExportConfig, {"store": "s.db", "project": "p", "output": "o.jsonl", "output_dir": "x"})
+    with pytest.raises(ConfigError, match="seed.*unknown key"):
+        config_from_dict(ScoreConfig, {"model": model_dir, "input": "i.jsonl", "output": "o.jsonl", "seed": 1})
+
+
+def test_pipeline_sections_are_typed(model_dir):
+    """A wrong key or type in a pipeline section fails on load, naming the section and the key."""
+    from rlhfkit.config import PipelineConfig, config_from_dict
+
+    base = {"policy": model_dir, "collect": {"prompts": "p.jsonl"}, "rl": {"g": {"reward_functions": ["gold"]}}}
+    cases = [
+        ({"evaluate": {"num_prompt": 3}}, r"evaluate.num_prompt \[defaults\]: unknown key"),
+        ({"reward": {"learning_rate": "fast"}}, "reward.learning_rate"),
+        ({"rl": {"g": {"per_device_batch_size": 4}}}, "rl.g.per_device_batch_size: use prompts_per_device"),
+        ({"dpo": {"d": {"data": "x.jsonl"}}}, "'dpo.d': `data` is set by the pipeline"),
+        ({"label": {"mode": "people"}}, "needs `target`"),
+        ({"label": {"target": 10}}, "target: not a key of label mode 'simulate'"),
+    ]
+    for extra, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            config_from_dict(PipelineConfig, {**base, **extra})
+    cfg = config_from_dict(PipelineConfig, {**base, "dpo": {"d": None}, "label": {"mode": "people", "target": 5}})
+    assert cfg.label.target == 5 and cfg.dpo["d"].overrides() == {} and cfg.rl["g"]["reward_functions"] == ["gold"]

@@ -95,7 +95,7 @@ def test_reward_lora_then_ppo_then_dpo(arch, data, tmp_path, caplog):
     # PPO with the critic initialised from that reward model; the long prompt is cut, with a warning.
     with caplog.at_level("WARNING"):
         ppo_train(PPOConfig(model=model, tokenizer=tok, data=data["prompts"], output_dir=str(tmp_path / "ppo"),
-                            reward_model=str(rm_dir), per_device_batch_size=4, mini_batch_size=4, ppo_epochs=1,
+                            reward_model=str(rm_dir), prompts_per_device=4, mini_batch_size=4, ppo_epochs=1,
                             max_new_tokens=8, max_length=CONTEXT, max_steps=2, eval_prompts=0,
                             learning_rate=1e-4, **COMMON))
     assert "training prompts were longer than 56 tokens and were cut from the left" in caplog.text

@@ -273,7 +273,7 @@ def rich_prefs(world, sft_model, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_dpo_raises_gold_reward_with_kl_reported(world, sft_model, rich_prefs, tmp_path):
-    from rlhfkit.demo import evaluate_policy
+    from rlhfkit.testing.policy_check import evaluate_policy
 
     cfg = cfg_for(sft_model, rich_prefs, tmp_path / "dpo", per_device_batch_size=16, max_steps=100, beta=0.1,
                   learning_rate=2e-4, warmup_ratio=0.1, log_every=10, eval_sample_prompts=30, gold_reward=True)

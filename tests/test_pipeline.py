@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from rlhfkit.config import PipelineConfig, config_from_dict
 from rlhfkit.errors import ConfigError
@@ -38,7 +39,7 @@ def small_pipeline(world: Path, sft_model: Path, out: Path, **kw) -> dict:
         "label": {"mode": "simulate", "num_annotators": 2, "temperature": 0.1},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "max_steps": 6, "max_length": 96,
                    "save_every": 2, "log_every": 1},
-        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "per_device_batch_size": 4, "mini_batch_size": 8,
+        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "prompts_per_device": 4, "mini_batch_size": 8,
                         "max_new_tokens": 16, "max_length": 80, "max_steps": 2, "eval_prompts": 0, "save_every": 1,
                         "log_every": 1}},
     }
@@ -47,9 +48,18 @@ def small_pipeline(world: Path, sft_model: Path, out: Path, **kw) -> dict:
 
 
 def test_quick_demo_end_to_end(tmp_path):
-    from rlhfkit.demo import run_demo
-
-    out = run_demo(str(tmp_path / "demo"), quick=True)
+    """`rlhf demo --quick` as a user runs it; its output is progress bars, stage results and the table,
+    without library noise (alembic's migration lines, transformers' load reports, accelerate's
+    shared-tensor warnings)."""
+    demo_dir = tmp_path / "demo"
+    r = run_cli("demo", "--quick", "--output", str(demo_dir), env={"OMP_NUM_THREADS": "1"}, timeout=1200)
+    printed = r.stdout + r.stderr
+    assert r.returncode == 0, printed[-3000:]
+    assert "win vs SFT" in r.stdout and "report:" in r.stdout, r.stdout[-2000:]
+    for noise in ("alembic", "LOAD REPORT", "Removed shared tensor", "UNEXPECTED", "MISSING"):
+        assert noise not in printed, (noise, printed[-3000:])
+    out = {"result": {"report": r.stdout.rsplit("report:", 1)[1].strip()},
+           "evaluation": json.loads((demo_dir / "evaluate" / "evaluation.json").read_text())}
     report = Path(out["result"]["report"])
     text = report.read_text()
     pngs = [report.parent / line.split("](")[1].split(")")[0] for line in text.splitlines() if "![" in line]

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.xdist_group("ppo"), pytest.mark.usefixtures("one_threa
 def cfg_for(world: Path, sft_model: Path, out: Path, **kw) -> PPOConfig:
     base = {"model": str(sft_model), "data": str(world / "prompts.jsonl"),
             "eval_data": str(world / "prompts_eval.jsonl"), "output_dir": str(out), "reward_functions": ["gold"],
-            "gold_reward": True, "learning_rate": 5e-4, "per_device_batch_size": 32, "mini_batch_size": 16,
+            "gold_reward": True, "learning_rate": 5e-4, "prompts_per_device": 32, "mini_batch_size": 16,
             "ppo_epochs": 2, "max_new_tokens": 32, "max_length": 96, "max_steps": 8, "log_every": 1,
             "eval_prompts": 64, "eval_num_samples": 4, "seed": 0}
     base.update(kw)
@@ -86,7 +86,7 @@ def test_ppo_raises_gold_reward_with_bounded_kl(ppo_run):
 
 @pytest.mark.parametrize("estimator,extra", [("rloo", {}), ("grpo", {"kl_in": "loss"})])
 def test_critic_free_estimators_raise_gold_reward(world, sft_model, tmp_path, estimator, extra):
-    cfg = cfg_for(world, sft_model, tmp_path, estimator=estimator, per_device_batch_size=8,
+    cfg = cfg_for(world, sft_model, tmp_path, estimator=estimator, prompts_per_device=8,
                   max_steps=10, **extra)
     train(cfg)
     s = summary(tmp_path)
@@ -103,7 +103,7 @@ def test_grpo_one_update_reuses_its_forward_and_matches_the_rollout_logprobs_pat
     error: the same logged sequence KL every step and the same final weights."""
     import rlhfkit.train.ppo as ppo_mod
 
-    kw = {"estimator": "grpo", "kl_in": "loss", "per_device_batch_size": 8, "mini_batch_size": 32,
+    kw = {"estimator": "grpo", "kl_in": "loss", "prompts_per_device": 8, "mini_batch_size": 32,
           "ppo_epochs": 1, "max_steps": 3, "eval_prompts": 0}
     cfg = cfg_for(world, sft_model, tmp_path / "reuse", **kw)
     assert ppo_mod.reuses_update_logprobs(cfg, 1)
@@ -123,7 +123,7 @@ def test_grpo_one_update_reuses_its_forward_and_matches_the_rollout_logprobs_pat
 
 
 def test_resume_after_stop_after_is_bitwise_equal(world, sft_model, tmp_path):
-    kw = {"max_steps": 4, "per_device_batch_size": 8, "ppo_epochs": 2, "eval_prompts": 0, "kl_target": 1.0,
+    kw = {"max_steps": 4, "prompts_per_device": 8, "ppo_epochs": 2, "eval_prompts": 0, "kl_target": 1.0,
           "kl_horizon": 100.0}
     full = train(cfg_for(world, sft_model, tmp_path / "full", **kw))
     part = tmp_path / "part"
@@ -139,7 +139,7 @@ def test_resume_after_stop_after_is_bitwise_equal(world, sft_model, tmp_path):
 
 
 def test_kl_alarm_stops_the_run(world, sft_model, tmp_path):
-    train(cfg_for(world, sft_model, tmp_path, max_steps=6, per_device_batch_size=8, ppo_epochs=2,
+    train(cfg_for(world, sft_model, tmp_path, max_steps=6, prompts_per_device=8, ppo_epochs=2,
                   eval_prompts=0, max_kl=1e-4, kl_alarm="stop"))
     s = summary(tmp_path)
     assert s["stopped_by_alarm"] and s["alarm"]["action"] == "stop"
@@ -166,8 +166,8 @@ def learned_rm(world, sft_model, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("estimator,extra,min_gain", [
     ("ppo", {}, 0.2),  # measured gold -0.16 -> 0.39, proxy -0.17 -> 0.95, KL 2.7 (seed 0)
-    ("rloo", {"per_device_batch_size": 8, "max_steps": 12}, 0.15),  # measured -0.16 -> 0.26, KL 4.3
-    ("grpo", {"per_device_batch_size": 8, "max_steps": 12, "kl_in": "loss"}, 0.15),  # measured -0.16 -> 0.34
+    ("rloo", {"prompts_per_device": 8, "max_steps": 12}, 0.15),  # measured -0.16 -> 0.26, KL 4.3
+    ("grpo", {"prompts_per_device": 8, "max_steps": 12, "kl_in": "loss"}, 0.15),  # measured -0.16 -> 0.34
 ])
 def test_rl_with_a_learned_reward_model_raises_gold(world, sft_model, learned_rm, tmp_path, estimator, extra,
                                                     min_gain):
@@ -197,7 +197,7 @@ def test_two_processes_run_and_resume_exactly(world, sft_model, tmp_path):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     accelerate = str(Path(sys.executable).parent / "accelerate")
     common = [f"model={sft_model}", f"data={world / 'prompts.jsonl'}", "reward_functions=[gold]", "max_steps=3",
-              "per_device_batch_size=8", "mini_batch_size=8", "max_new_tokens=24", "log_every=1",
+              "prompts_per_device=8", "mini_batch_size=8", "max_new_tokens=24", "log_every=1",
               "learning_rate=5e-4", "kl_target=1.0", "kl_horizon=100", "eval_prompts=0"]
 
     def launch(out: Path, *extra: str) -> None:
@@ -233,7 +233,7 @@ def test_gap_alarm_stops_a_hacked_run(world, sft_model, tmp_path):
     # 32 prompts a step: with 8 the proxy is too noisy to widen the gap twice in a row before the
     # hack takes off (measured gaps 1.04, 1.14, 1.02, 1.50, 2.39 -> stop at step 5, seed 0).
     train(cfg_for(world, sft_model, tmp_path, reward_functions=["test_ppo:length_reward"], max_steps=12,
-                  per_device_batch_size=32, eval_prompts=0, gold_reward=True, gap_alarm_steps=2, gap_alarm="stop",
+                  prompts_per_device=32, eval_prompts=0, gold_reward=True, gap_alarm_steps=2, gap_alarm="stop",
                   kl_coef=0.0))
     s = summary(tmp_path)
     rows = [r for r in read_metrics(tmp_path) if "proxy_gold_gap" in r]
@@ -260,7 +260,7 @@ def test_policy_head_critic_trains_and_saves_a_plain_policy(world, sft_model, tm
 
 
 def test_policy_head_resume_is_bitwise_equal(world, sft_model, tmp_path):
-    kw = {"max_steps": 3, "per_device_batch_size": 8, "ppo_epochs": 2, "eval_prompts": 0, "critic": "policy_head",
+    kw = {"max_steps": 3, "prompts_per_device": 8, "ppo_epochs": 2, "eval_prompts": 0, "critic": "policy_head",
           "max_new_tokens": 16}
     full = train(cfg_for(world, sft_model, tmp_path / "full", **kw))
     part = tmp_path / "part"
@@ -279,7 +279,7 @@ def test_lora_ppo_uses_the_disabled_adapter_as_reference(world, sft_model, tmp_p
     loads = []
     original = ppo.load_causal_lm
     monkeypatch.setattr(ppo, "load_causal_lm", lambda *a, **kw: loads.append(a[0]) or original(*a, **kw))
-    final = train(cfg_for(world, sft_model, tmp_path, lora_r=4, max_steps=2, per_device_batch_size=8,
+    final = train(cfg_for(world, sft_model, tmp_path, lora_r=4, max_steps=2, prompts_per_device=8,
                           eval_prompts=0, max_new_tokens=16))
     assert len(loads) == 1  # one copy of the base weights: no frozen reference copy
     s = summary(tmp_path)

@@ -168,7 +168,7 @@ def test_ppo_loss_is_the_global_token_mean_across_processes():
     whole minibatch (per-process means averaged would weight process 2's tokens 3x more)."""
     from types import SimpleNamespace
 
-    from rlhfkit.train.common import global_token_normalizer
+    from rlhfkit.distributed import global_token_normalizer
 
     torch.manual_seed(0)
     w = torch.randn(5, requires_grad=True)  # a "policy": logp_t = w . x_t
@@ -277,7 +277,8 @@ def prompts(world):
 
 
 def test_truncate_after_eos_by_hand():
-    from rlhfkit.rl.rollout import apply_no_eos_penalty, truncate_after_eos
+    from rlhfkit.generation import truncate_after_eos
+    from rlhfkit.rl.rollout import apply_no_eos_penalty
 
     new = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])  # eos 2, pad 0
     ids, mask, ended = truncate_after_eos(new, eos_id=2, pad_id=0)

@@ -32,7 +32,8 @@ def small_cfg(world: Path, out: Path, **kw) -> SFTConfig:
 
 @pytest.mark.slow
 def test_sft_learns_the_completion_format(world, tmp_path):
-    from rlhfkit.demo import evaluate_policy, sft_config
+    from rlhfkit.demo import sft_config
+    from rlhfkit.testing.policy_check import evaluate_policy
 
     cfg = sft_config(world, tmp_path, quick=True)
     final = train(cfg)

@@ -1,14 +1,12 @@
 """What a PPO / RLOO / GRPO run watches every step, and the alarms that act on it (RLHF-DETAILS
 items 19 and 34): diversity (batch distinct-2, the share of the most common completion, bigram
 similarity between answers to different prompts, token entropy) against the start of training
-(mode collapse), the proxy - gold gap (reward hacking, Gao et al. 2022) and the KL budget; plus
-the one cross-process reduction of the step's metrics."""
+(mode collapse), the proxy - gold gap (reward hacking, Gao et al. 2022) and the KL budget.
+Metrics reach here already averaged over processes (:func:`rlhfkit.distributed.mean_across`)."""
 
 from __future__ import annotations
 
 import logging
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +20,6 @@ def distinct_2(responses: list[list[int]]) -> float:
 def gap_widening(gaps: list[float], n: int) -> bool:
     """True when the last ``n`` steps each widened the proxy - gold gap (n = 0: never)."""
     return bool(n) and len(gaps) > n and all(gaps[-i] > gaps[-i - 1] for i in range(1, n + 1))
-
-
-def mean_across(acc, local: dict[str, float]) -> dict[str, float]:
-    """Per-process metric means -> their mean over processes, in one all-reduce for the whole dict
-    (every process holds the same number of episodes, so the mean of means is the global mean)."""
-    if acc.num_processes == 1 or not local:
-        return {k: float(v) for k, v in local.items()}
-    keys = sorted(local)
-    t = torch.tensor([float(local[k]) for k in keys], dtype=torch.float64, device=acc.device)
-    t = acc.reduce(t, reduction="mean")
-    return dict(zip(keys, t.tolist()))
 
 
 def check_alarms(cfg, m: dict, gaps: list[float], step: int, collapse: "CollapseWatch | None" = None) -> dict | None:

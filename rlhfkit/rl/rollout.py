@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from rlhfkit.data.collate import left_pad_prompts, position_ids_from_mask
-from rlhfkit.generation import generate, prompt_ids_for, sampling_config
+from rlhfkit.generation import generate, prompt_ids_for, sampling_config, truncate_after_eos
 from rlhfkit.logprobs import token_logprobs
 
 
@@ -89,20 +89,6 @@ def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         lp = token_logprobs(logits, input_ids[sl], temperature)  # (b, T-1)
         out.append(lp * response_mask[sl, 1:].to(lp.dtype))
     return torch.cat(out)
-
-
-def truncate_after_eos(new_ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, R) generated columns -> (ids with PAD after the first EOS, (B, R) mask through the
-    first EOS, (B,) ended_with_eos). A row without EOS keeps all R tokens (even sampled PADs:
-    the mask is positional, not by token id)."""
-    b, r = new_ids.shape
-    is_eos = new_ids == eos_id  # (B, R)
-    ended = is_eos.any(dim=1)  # (B,)
-    # first EOS column, or R when there is none; argmax returns the first maximum
-    first = torch.where(ended, is_eos.int().argmax(dim=1), torch.full((b,), r, device=new_ids.device))
-    cols = torch.arange(r, device=new_ids.device).expand(b, r)  # (B, R)
-    mask = (cols <= first.unsqueeze(1)).long()  # (B, R) includes the EOS itself
-    return new_ids.masked_fill(mask == 0, pad_id), mask, ended
 
 
 @torch.no_grad()

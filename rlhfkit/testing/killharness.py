@@ -441,15 +441,17 @@ def tiny_overrides(stage: str, world: Path, sft_model: Path, data: dict[str, Pat
     'ppo' is PPO with its separate critic, 'grpo' the critic-free estimator) that checkpoints
     and logs every step, with evaluation off."""
     common = {"max_steps": n_steps, "save_every": 1, "log_every": 1, "eval_fraction": 0.0, "max_length": 64,
-              "learning_rate": 1e-3, "seed": 0, "per_device_batch_size": 4}
+              "learning_rate": 1e-3, "seed": 0}
+    batch = {"per_device_batch_size": 4}
     rl = {"model": str(sft_model), "data": str(data["prompts"]), "reward_functions": ["gold"],
-          "ppo_epochs": 1, "mini_batch_size": 2, "max_new_tokens": 16, "eval_prompts": 0}
+          "prompts_per_device": 4, "ppo_epochs": 1, "mini_batch_size": 2, "max_new_tokens": 16,
+          "eval_prompts": 0}
     per_stage = {
-        "sft": ("sft", {"model": str(Path(world) / "base"), "data": str(data["sft"])}),
-        "reward": ("reward", {"model": str(sft_model), "data": str(data["pairs"])}),
-        "dpo": ("dpo", {"model": str(sft_model), "data": str(data["pairs"])}),
+        "sft": ("sft", {**batch, "model": str(Path(world) / "base"), "data": str(data["sft"])}),
+        "reward": ("reward", {**batch, "model": str(sft_model), "data": str(data["pairs"])}),
+        "dpo": ("dpo", {**batch, "model": str(sft_model), "data": str(data["pairs"])}),
         "ppo": ("ppo", {**rl, "estimator": "ppo"}),
-        "grpo": ("ppo", {**rl, "estimator": "grpo", "num_samples": 2, "per_device_batch_size": 2}),
+        "grpo": ("ppo", {**rl, "estimator": "grpo", "num_samples": 2, "prompts_per_device": 2}),
     }
     cli_stage, extra = per_stage[stage]
     return cli_stage, {**common, **extra}

@@ -2,9 +2,9 @@
 and the benchmarks that reuse it (``bench/kill_resume.py``).
 
 It lives in ``<cache>/test-world-<key>``. The key hashes the world config *and* the source of the
-code that builds it (the package's top-level modules, ``synthetic/``, ``train/``, ``data/``): a
-change to training numerics (say, the optimizer kernel) yields a slightly different base model,
-and a test tuned on a stale local world could pass here and fail on CI's fresh one. A file lock
+code that builds it (the package's top-level modules and ``config/``, ``losses/``, ``synthetic/``,
+``train/``, ``data/``): a change to training numerics (say, the optimizer kernel) yields a slightly
+different base model, and a test tuned on a stale local world could pass here and fail on CI's fresh one. A file lock
 lets parallel pytest-xdist workers share one build instead of racing.
 """
 
@@ -27,8 +27,8 @@ def world_key() -> str:
     pkg = Path(__file__).resolve().parents[1]
     h = hashlib.sha1(json.dumps(quick_world_config(Path("x")).model_dump(mode="json", exclude={"output_dir"}),
                                 sort_keys=True).encode())
-    for f in sorted([*pkg.glob("*.py"), *(pkg / "synthetic").rglob("*.py"), *(pkg / "train").rglob("*.py"),
-                     *(pkg / "data").rglob("*.py")]):
+    packages = ("config", "losses", "synthetic", "train", "data")
+    for f in sorted([*pkg.glob("*.py"), *(f for d in packages for f in (pkg / d).rglob("*.py"))]):
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:10]
 

@@ -141,24 +141,6 @@ def make_scheduler(optimizer, cfg, num_steps: int):
                          num_training_steps=num_steps)
 
 
-def global_count(accelerator, value: float | int) -> float:
-    """Sum a per-process number over all processes (a no-op with one process)."""
-    t = torch.tensor(float(value), device=accelerator.device)
-    if accelerator.num_processes > 1:
-        t = accelerator.reduce(t, reduction="sum")
-    return float(t.item())
-
-
-def global_token_normalizer(accelerator, mask: torch.Tensor) -> torch.Tensor:
-    """What each process divides its masked token *sum* by so that, after DDP averages the
-    gradients over N processes, the update is that of the token mean over all processes' tokens:
-    ``(tokens on all processes) / N``. With one process it is this mask's token count (at least 1)."""
-    n = mask.detach().float().sum()
-    if accelerator.num_processes > 1:
-        n = accelerator.reduce(n.clone(), reduction="sum") / accelerator.num_processes
-    return n.clamp(min=1.0)
-
-
 def clip_and_step(accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
     """Clip (if asked), step optimizer and scheduler, zero grads; returns the pre-clip grad norm.
 
@@ -357,7 +339,8 @@ class RunState:
     same everywhere."""
 
     def __init__(self, cfg, accelerator, run_dir: Path):
-        self.cfg = cfg
+        self.cfg, self.acc = cfg, accelerator
+        self.last_eval: dict = {}  # the latest evaluation's result (initial, then each one that ran)
         self.ckpts = Checkpoints(run_dir, accelerator, keep=cfg.keep_checkpoints,
                                  best_metric=getattr(cfg, "keep_best_metric", None),
                                  best_mode=getattr(cfg, "keep_best_mode", "max"))
@@ -377,9 +360,11 @@ class RunState:
             res = evaluate()
             if res:
                 self.metrics.log(0, {k: v for k, v in res.items() if not k.startswith("_")})
-            return res
-        step0 = next((r for r in read_metrics(self.run_dir) if r["step"] == 0), {})
-        return {k: v for k, v in step0.items() if k.startswith("eval_")}
+        else:
+            step0 = next((r for r in read_metrics(self.run_dir) if r["step"] == 0), {})
+            res = {k: v for k, v in step0.items() if k.startswith("eval_")}
+        self.last_eval = res
+        return res
 
     def log_step(self, done: int, n_steps: int, train_metrics: dict, evaluate) -> dict | None:
         """Write the step's metrics line when logging or evaluation is due (always at the last
@@ -394,7 +379,42 @@ class RunState:
             self.metrics.log(done, row)
         if self.ckpts.observe(done, {**train_metrics, **(result or {})}):
             self.new_best_at = done
+        if result:
+            self.last_eval = result
         return result
+
+    def end_step(self, bar, done: int, n_steps: int, metrics: dict, evaluate, state: dict,
+                 shown: dict[str, str]) -> bool:
+        """The tail every stage's step shares: advance the bar (showing ``shown``), log and evaluate
+        when due, checkpoint when due. True when this invocation stops here (``stop_after``); the
+        bar is then closed and the accelerator shut down, and the caller returns ``latest_dir``."""
+        bar.update(1)
+        bar.set_postfix(shown, refresh=False)
+        self.log_step(done, n_steps, metrics, evaluate)
+        if not self.after_step(done, n_steps, state):
+            return False
+        bar.close()
+        self.acc.end_training()
+        return True
+
+    @property
+    def latest_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest"
+
+    def finish(self, bar, n_steps: int, state: dict | None, save) -> Path:
+        """The end every stage shares: close the bar, save the final checkpoint (``state``; None:
+        none, e.g. after an alarm stopped the run), let the main process write the model and its
+        summary (``save(final_dir)``), and shut the accelerator down. Returns ``final_dir``."""
+        bar.close()
+        self.acc.wait_for_everyone()
+        if state is not None:
+            self.ckpts.save(n_steps, state)
+        final = self.run_dir / "final"
+        if self.acc.is_main_process:
+            save(final)
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return final
 
     def nonfinite(self, done: int, loss: float) -> None:
         """Handle a step whose loss or gradient was not finite (its update was skipped): raise

@@ -51,11 +51,13 @@ import torch
 
 from rlhfkit.config import DPOConfig
 from rlhfkit.data.collate import PairCollator, response_batch, take, tokenize_pairs
+from rlhfkit.distributed import sum_across
 from rlhfkit.errors import DataError
 from rlhfkit.logprobs import sequence_logprobs
 from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
-from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, micro_batches, prepare_optimisation,
+                                  progress, start_run, write_json)
 from rlhfkit.train.data import load_split
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ def train(cfg: DPOConfig) -> Path:
     initial_eval = run.initial_eval(evaluate)
     model.train()
     bar = progress(n_steps, start, acc, "dpo")
-    t0, pairs_seen, last_eval = time.time(), 0, initial_eval
+    t0, pairs_seen = time.time(), 0
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
         mbs = list(micro_batches(idx, per_device=cfg.per_device_batch_size,
@@ -192,19 +194,12 @@ def train(cfg: DPOConfig) -> Path:
             run.nonfinite(step + 1, means["loss"])
         pairs_seen += global_batch
         done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.2f}", refresh=False)
-        last_eval = run.log_step(done, n_steps, dict(
-            means, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
-            epoch=done * global_batch / len(train_ds)), evaluate) or last_eval
-        if run.after_step(done, n_steps, {"loss": means["loss"]}):
-            bar.close()
-            acc.end_training()
-            return run_dir / "checkpoints" / "latest"
-    bar.close()
+        metrics = dict(means, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+                       epoch=done * global_batch / len(train_ds))
+        shown = {"loss": f"{means['loss']:.4f}", "acc": f"{means['accuracy']:.2f}"}
+        if run.end_step(bar, done, n_steps, metrics, evaluate, {"loss": means["loss"]}, shown):
+            return run.latest_dir
 
-    acc.wait_for_everyone()
-    run.ckpts.save(n_steps, {"final": True})
     final = run_dir / "final"
     summary = {
         "stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": n_steps,
@@ -213,23 +208,20 @@ def train(cfg: DPOConfig) -> Path:
         "data": data_report, "ref_logprobs_cache": cache_status,
         "reference": "adapter disabled" if cfg.lora_r else "frozen copy" if has_ref_copy else "none",
         **{f"initial_{k}": v for k, v in initial_eval.items()},
-        **{f"final_{k}": v for k, v in last_eval.items()},
+        **{f"final_{k}": v for k, v in run.last_eval.items()},
         "pairs_per_second": pairs_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
     }
-    if acc.is_main_process:
+
+    def save(final: Path) -> None:
         save_hf(acc.unwrap_model(model), tok, final)
         write_json(run_dir / "summary.json", summary)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return final
+
+    return run.finish(bar, n_steps, {"final": True}, save)
 
 
 def _global_mean(acc, sums: dict[str, float], count: int) -> dict[str, float]:
     """Per-process sums -> means over ``count`` items on all processes, in one collective."""
-    t = torch.tensor(list(sums.values()), dtype=torch.float64, device=acc.device)
-    if acc.num_processes > 1:
-        t = acc.reduce(t, reduction="sum")
-    return {k: v / max(count, 1) for k, v in zip(sums, t.tolist())}
+    return {k: v / max(count, 1) for k, v in sum_across(acc, sums).items()}
 
 
 # ----------------------------------------------------------------------------- reference cache
@@ -267,7 +259,7 @@ def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logp
     path = run_dir / "ref_logprobs" / f"{_fingerprint(cfg, tok, splits, ref_model)}.safetensors"
     world, rank = acc.num_processes, acc.process_index
     # A hit only if every process sees the file: otherwise some would skip the gather below.
-    if global_count(acc, path.is_file()) == world:
+    if sum_across(acc, {"hit": path.is_file()})["hit"] == world:
         log.info("reference log-probs: reusing %s", path)
         return load_file(str(path)), "hit"
     out = {}

@@ -86,6 +86,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.distributed import global_token_normalizer, mean_across
 from rlhfkit.errors import DataError
 from rlhfkit.generation import prompt_ids_for
 from rlhfkit.logprobs import masked_mean, token_logprobs
@@ -95,9 +96,9 @@ from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whit
 from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, ValueModel, policy_forward
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from rlhfkit.rl.monitors import (CollapseWatch, check_alarms, cross_prompt_similarity, distinct_2,  # noqa: F401
-                                  gap_widening, mean_across, top_completion_share)
+                                  gap_widening, top_completion_share)
 from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
-from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_token_normalizer, make_optimizer,
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, make_optimizer,
                                   make_scheduler, progress, start_run, total_steps, write_json)
 from rlhfkit.train.data import load_split
 
@@ -275,9 +276,9 @@ def train(cfg: PPOConfig) -> Path:
     if cfg.gold_reward:
         from rlhfkit.synthetic.gold import gold_reward_fn as gold_fn
 
-    global_batch = cfg.per_device_batch_size * world
+    global_batch = cfg.prompts_per_device * world
     n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
-    n_mb = math.ceil(cfg.per_device_batch_size * k / cfg.mini_batch_size)
+    n_mb = math.ceil(cfg.prompts_per_device * k / cfg.mini_batch_size)
     policy, optimizer, scheduler, net, ref, critic = _models(cfg, acc, tok, policy, n_steps * cfg.ppo_epochs * n_mb)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
@@ -307,13 +308,13 @@ def train(cfg: PPOConfig) -> Path:
         return mean_across(acc, local)
 
     initial_eval = run.initial_eval(evaluate)
-    last_eval, alarm, t0, eps_seen = initial_eval, None, time.time(), 0
+    alarm, t0, eps_seen = None, time.time(), 0
     bar = progress(n_steps, start, acc, cfg.estimator)
     policy.train()
     for step in range(start, n_steps):
         # 1. sample this process's share of the step's prompts
         idx = batch_indices(step, n_examples=len(prompts), global_batch=global_batch, seed=cfg.seed)
-        mine = idx[rank * cfg.per_device_batch_size:(rank + 1) * cfg.per_device_batch_size]
+        mine = idx[rank * cfg.prompts_per_device:(rank + 1) * cfg.prompts_per_device]
         ro = _sample(cfg, acc, net, tok, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], k,
                      logprobs=not reuse_lp)
         mask = ro.token_mask.float()  # (B, T-1)
@@ -354,28 +355,20 @@ def train(cfg: PPOConfig) -> Path:
         kl_ctl.update(m["seq_kl"], len(score) * world)
         eps_seen += len(score) * world
         done = step + 1
-        bar.update(1)
-        bar.set_postfix(kl=f"{m['seq_kl']:.3f}", r=f"{m['proxy_reward']:.3f}", refresh=False)
         alarm = check_alarms(cfg, m, gaps, done, collapse) or alarm
         fired.update({kind: done for kind in ("kl", "gap", "collapse") if m.get(f"alarm_{kind}") and kind not in fired})
         state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps, "alarms_fired": fired,
                  "collapse_baseline": collapse.baseline}
         if alarm and alarm["action"] == "stop":
-            last_eval = run.log_step(done, done, m, evaluate) or last_eval  # always logged (and evaluated)
+            bar.update(1)
+            run.log_step(done, done, m, evaluate)  # the stopping step is always logged (and evaluated)
             run.ckpts.save(done, state)
             break
-        last_eval = run.log_step(done, n_steps, m, evaluate) or last_eval
-        if run.after_step(done, n_steps, state):
-            bar.close()
-            acc.end_training()
-            return run_dir / "checkpoints" / "latest"
-    bar.close()
+        shown = {"kl": f"{m['seq_kl']:.3f}", "r": f"{m['proxy_reward']:.3f}"}
+        if run.end_step(bar, done, n_steps, m, evaluate, state, shown):
+            return run.latest_dir
 
-    acc.wait_for_everyone()
     stopped = bool(alarm and alarm["action"] == "stop")
-    if not stopped:
-        run.ckpts.save(n_steps, {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps,
-                                 "alarms_fired": fired, "collapse_baseline": collapse.baseline})
     final = run_dir / "final"
     summary = {
         "stage": "ppo", "estimator": cfg.estimator, "samples_per_prompt": k, "steps": n_steps,
@@ -387,12 +380,14 @@ def train(cfg: PPOConfig) -> Path:
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},
         **{f"initial_{key}": v for key, v in initial_eval.items()},
-        **{f"final_{key}": v for key, v in last_eval.items()},
+        **{f"final_{key}": v for key, v in run.last_eval.items()},
         "episodes_per_second": eps_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
     }
-    if acc.is_main_process:
+
+    def save(final: Path) -> None:
         save_hf(net, tok, final)
         write_json(run_dir / "summary.json", summary)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return final
+
+    final_state = None if stopped else {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps,
+                                        "alarms_fired": fired, "collapse_baseline": collapse.baseline}
+    return run.finish(bar, n_steps, final_state, save)

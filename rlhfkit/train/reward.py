@@ -40,6 +40,7 @@ import logging
 import math
 import shutil
 import time
+from functools import partial
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from rlhfkit.config import RewardConfig, save_config
 from rlhfkit.data.collate import PairCollator, RankingCollator, take, tokenize_pairs, tokenize_rankings
 from rlhfkit.data.formats import detect_format
 from rlhfkit.data.loading import read_records
+from rlhfkit.distributed import sum_across
 from rlhfkit.errors import DataError
 from rlhfkit.evaluate.metrics import (accuracy_by_strength, expected_calibration_error, length_bias_audit,
                                       pair_accuracy, reliability_bins)
@@ -57,8 +59,9 @@ from rlhfkit.losses import (bradley_terry_loss, bt_with_ties_loss, ranking_loss,
                             reward_centering_loss)
 from rlhfkit.modeling import (REWARD_OFFSET, REWARD_SCALE, apply_lora, chat_renderer, load_reward_model,
                               load_tokenizer, save_hf)
-from rlhfkit.scoring import raw_rewards
-from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
+from rlhfkit.scoring import raw_rewards, score_encoded
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, micro_batches, prepare_optimisation,
+                                  progress, start_run, write_json)
 from rlhfkit.train.data import load_rows, load_split
 
 log = logging.getLogger(__name__)
@@ -226,16 +229,18 @@ def _train_one(cfg: RewardConfig) -> Path:
         net.train()
         return res
 
-    def log_eval(step: int, res: dict) -> dict:
+    def evaluate_and_log(step: int) -> dict:
+        """The scalars for metrics.jsonl; the full report (curves, bins) goes to eval.json."""
+        res = evaluate()
         scalars = {k: v for k, v in res.items() if not k.startswith("_")}
         if res:
             write_json(run_dir / "eval.json", {"step": step, **scalars, **res["_extra"]})
         return scalars
 
-    initial_eval = run.initial_eval(lambda: log_eval(0, evaluate()))
+    initial_eval = run.initial_eval(partial(evaluate_and_log, 0))
     model.train()
     bar = progress(n_steps, start, acc, "reward")
-    t0, last_eval = time.time(), initial_eval
+    t0 = time.time()
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
         batches = [collate(take(train_ds, mb))
@@ -244,7 +249,7 @@ def _train_one(cfg: RewardConfig) -> Path:
         # Units (pairs, or prompts for rankings) in the whole step on all processes; each micro
         # loss is a mean over its units, re-weighted so the step's gradient is the global mean.
         units = [int(b["num_prompts"]) if "num_prompts" in b else b["margin"].shape[0] for b in batches]
-        step_units = global_count(acc, sum(units))
+        step_units = sum_across(acc, {"units": sum(units)})["units"]
         loss_sum = correct = 0.0
         for j, b in enumerate(batches):
             b = {k: v.to(acc.device) for k, v in b.items()}
@@ -263,45 +268,36 @@ def _train_one(cfg: RewardConfig) -> Path:
                 else:
                     correct += float((rewards[:n] > rewards[n:]).float().mean()) * n
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
-        loss = global_count(acc, loss_sum) / max(step_units, 1.0)
+        total = sum_across(acc, {"loss": loss_sum, "correct": correct})
+        loss, accuracy = total["loss"] / max(step_units, 1.0), total["correct"] / max(step_units, 1.0)
         if grad_norm is None:  # NaN/inf: the update was skipped
             run.nonfinite(step + 1, loss)
-        accuracy = global_count(acc, correct) / max(step_units, 1.0)
         done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.2f}", refresh=False)
-        last_eval = run.log_step(done, n_steps, dict(
-            loss=loss, accuracy=accuracy, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
-            epoch=done * global_batch / len(train_ds)), lambda: log_eval(done, evaluate())) or last_eval
-        if run.after_step(done, n_steps, {"loss": loss}):
-            bar.close()
-            acc.end_training()
-            return run_dir / "checkpoints" / "latest"
-    bar.close()
-    acc.wait_for_everyone()
-    run.ckpts.save(n_steps, {"final": True})
+        metrics = dict(loss=loss, accuracy=accuracy, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+                       epoch=done * global_batch / len(train_ds))
+        shown = {"loss": f"{loss:.4f}", "acc": f"{accuracy:.2f}"}
+        if run.end_step(bar, done, n_steps, metrics, partial(evaluate_and_log, done), {"loss": loss}, shown):
+            return run.latest_dir
 
-    final = run_dir / "final"
-    if acc.is_main_process:
+    def save(final: Path) -> None:
         net = acc.unwrap_model(model)
         offset, scale = _normalisation(cfg, net, tok, train_rows, mode, acc.device)
         save_hf(net, tok, final, extra_config={REWARD_OFFSET: offset, REWARD_SCALE: scale})
         write_json(run_dir / "summary.json", {
             "stage": "reward", "mode": mode, "steps": n_steps, "global_batch": global_batch, "processes": world,
             "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
-            "data": data_report, "initial": initial_eval, "final": last_eval,
+            "data": data_report, "initial": initial_eval, "final": run.last_eval,
             "reward_offset": offset, "reward_scale": scale,
             "seconds": time.time() - t0, "model_dir": str(final)})
-    acc.wait_for_everyone()
-    acc.end_training()
-    return final
+
+    return run.finish(bar, n_steps, {"final": True}, save)
 
 
 def _normalisation(cfg: RewardConfig, model, tok, train_rows: list[dict], mode: str, device) -> tuple[float, float]:
     """Offset/scale that give mean 0 (std 1) on responses of the RL starting policy (item 5)."""
     if cfg.normalize == "none":
         return 0.0, 1.0
-    from rlhfkit.data.collate import encode_prompt_response, pad, position_ids_from_mask
+    from rlhfkit.data.collate import encode_prompt_response
 
     if cfg.normalize_data:
         rows, _ = load_rows(cfg.normalize_data, "sft", render_chat=chat_renderer(tok), skip_invalid=cfg.skip_invalid)
@@ -317,13 +313,7 @@ def _normalisation(cfg: RewardConfig, model, tok, train_rows: list[dict], mode: 
     pairs = encode_prompt_response(tok, [p for p, _ in texts], [x for _, x in texts], max_length=cfg.max_length,
                                    max_prompt_length=cfg.max_prompt_length)
     model.eval()
-    scores = []
-    for i in range(0, len(pairs), cfg.eval_batch_size):
-        seqs = [p + r for p, r in pairs[i:i + cfg.eval_batch_size]]
-        attn = pad([[1] * len(s) for s in seqs], 0, "right")
-        b = {"input_ids": pad(seqs, tok.pad_token_id, "right").to(device), "attention_mask": attn.to(device),
-             "position_ids": position_ids_from_mask(attn).to(device)}
-        scores += raw_rewards(model, b).cpu().tolist()
+    scores = score_encoded(model, pairs, tok.pad_token_id, batch_size=cfg.eval_batch_size, device=device)
     offset = float(np.mean(scores))
     scale = float(np.std(scores)) if cfg.normalize == "mean_std" and np.std(scores) > 0 else 1.0
     log.info("reward normalisation on %d responses: offset %.4f, scale %.4f", len(scores), offset, scale)

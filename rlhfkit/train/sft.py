@@ -42,9 +42,11 @@ import torch
 
 from rlhfkit.config import SFTConfig
 from rlhfkit.data.collate import SFTCollator, pack, packed_causal_mask, take, tokenize_sft
+from rlhfkit.distributed import sum_across
 from rlhfkit.losses import IGNORE_INDEX, token_nll
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
-from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, global_count, micro_batches, prepare_optimisation, progress, start_run, write_json)
+from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, micro_batches, prepare_optimisation,
+                                  progress, start_run, write_json)
 from rlhfkit.train.data import load_split
 
 log = logging.getLogger(__name__)
@@ -86,14 +88,14 @@ def train(cfg: SFTConfig) -> Path:
                 s, c = batch_nll(net, {k: v.to(acc.device) for k, v in b.items()})
                 nll, n = nll + s.item(), n + c.item()
         net.train()
-        nll, n = global_count(acc, nll), global_count(acc, n)
-        loss = nll / max(n, 1)
+        total = sum_across(acc, {"nll": nll, "tokens": n})
+        loss = total["nll"] / max(total["tokens"], 1)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50))}
 
     initial_eval = run.initial_eval(evaluate)
     model.train()
     bar = progress(n_steps, start, acc, "sft")
-    t0, tokens_seen, last_eval = time.time(), 0.0, initial_eval
+    t0, tokens_seen = time.time(), 0.0
     for step in range(start, n_steps):
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
         batches = [collate(take(train_ds, mb))
@@ -101,7 +103,8 @@ def train(cfg: SFTConfig) -> Path:
                                            accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
         # Detail 3 above: normalise by the loss-token count of the whole step on all processes. DDP
         # averages gradients over processes, hence the factor `world`.
-        step_tokens = global_count(acc, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        step_tokens = sum_across(acc, {"tokens": local_tokens})["tokens"]
         scale = world / max(step_tokens, 1.0)
         nll_sum = 0.0
         for j, b in enumerate(batches):
@@ -113,41 +116,33 @@ def train(cfg: SFTConfig) -> Path:
                 acc.backward(nll * scale)
             nll_sum += nll.item()
         grad_norm = clip_and_step(acc, model, optimizer, scheduler, cfg.max_grad_norm)
-        loss = global_count(acc, nll_sum) / max(step_tokens, 1.0)
+        loss = sum_across(acc, {"nll": nll_sum})["nll"] / max(step_tokens, 1.0)
         if grad_norm is None:  # NaN/inf: the update was skipped
             run.nonfinite(step + 1, loss)
         tokens_seen += step_tokens
         done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        last_eval = run.log_step(done, n_steps, dict(
-            loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], tokens=step_tokens,
-            epoch=done * global_batch / len(train_ds)), evaluate) or last_eval
-        if run.after_step(done, n_steps, {"loss": loss}):
-            bar.close()
-            acc.end_training()
-            return run_dir / "checkpoints" / "latest"
-    bar.close()
+        metrics = dict(loss=loss, grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], tokens=step_tokens,
+                       epoch=done * global_batch / len(train_ds))
+        if run.end_step(bar, done, n_steps, metrics, evaluate, {"loss": loss}, {"loss": f"{loss:.4f}"}):
+            return run.latest_dir
 
-    acc.wait_for_everyone()
-    run.ckpts.save(n_steps, {"final": True})
     final = run_dir / "final"
     summary = {
         "stage": "sft", "steps": n_steps, "global_batch": global_batch, "processes": world,
         "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
-        "dropped_after_truncation": n_trunc, "data": data_report,
-        "initial_eval_loss": initial_eval.get("eval_loss"), **{f"final_{k}": v for k, v in last_eval.items()},
+        "dropped_after_truncation": n_trunc, "data": data_report, "initial_eval_loss": initial_eval.get("eval_loss"),
+        **{f"final_{k}": v for k, v in run.last_eval.items()},
         "tokens_per_second": tokens_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
     }
-    if acc.is_main_process:
+
+    def save(final: Path) -> None:
         net = acc.unwrap_model(model)
         save_hf(net, tok, final)
         if cfg.sample_prompts and eval_rows:
             _write_samples(cfg, net, tok, eval_rows, run_dir)
         write_json(run_dir / "summary.json", summary)
-    acc.wait_for_everyone()
-    acc.end_training()
-    return final
+
+    return run.finish(bar, n_steps, {"final": True}, save)
 
 
 def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

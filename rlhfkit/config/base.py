@@ -44,7 +44,8 @@ def planned_paths(paths: Iterable[str] = ()) -> Iterator[set[str]]:
         _PLANNED.reset(token)
 
 
-def _is_planned(path: str) -> bool:
+def is_planned(path: str) -> bool:
+    """Whether a pipeline plan being built creates ``path`` (or a directory above it)."""
     path = os.path.normpath(path)
     planned = (os.path.normpath(os.path.expanduser(p)) for p in _PLANNED.get())
     return any(path == p or path.startswith(p + os.sep) for p in planned)
@@ -58,7 +59,7 @@ def check_model_path(value: str, key: str) -> str:
     exist is the common typo; catching it here means no stage starts work on a missing model.
     """
     expanded = os.path.expanduser(value)
-    if os.path.exists(expanded) or _is_planned(expanded):
+    if os.path.exists(expanded) or is_planned(expanded):
         return expanded
     looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value
     if looks_local or not _HUB_ID.match(value):

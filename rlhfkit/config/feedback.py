@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhfkit.config.base import BaseConfig, RunConfig, check_model_path, check_reward_spec
+from rlhfkit.config.base import BaseConfig, RunConfig, check_model_path, check_reward_spec, is_planned
 
 
 class CollectConfig(RunConfig):
@@ -113,7 +113,7 @@ class CollectConfig(RunConfig):
     @field_validator("selection_model")
     @classmethod
     def _selection_model_exists(cls, v: str | None) -> str | None:
-        if v is not None and not os.path.isdir(os.path.expanduser(v)):
+        if v is not None and not (os.path.isdir(os.path.expanduser(v)) or is_planned(os.path.expanduser(v))):
             raise ValueError(f"selection_model '{v}' is not an existing directory")
         return None if v is None else os.path.expanduser(v)
 

@@ -1,0 +1,74 @@
+"""The pipeline's last step (detail 6 of :mod:`rlhfkit.pipeline`): every final policy sampled on
+held-out prompts, the annotators' agreement, the reward-vs-KL frontier of every RL / DPO run, and
+report.md with its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def evaluate_and_report(spec: dict) -> Path:
+    """``spec``: the evaluate step's config (see ``plan._Planner.evaluate``). Returns report.md."""
+    from rlhfkit.data.loading import read_records
+    from rlhfkit.evaluate.policies import evaluate_policies
+    from rlhfkit.evaluate.report import write_report
+
+    prompts = [r["prompt"] for r in read_records(spec["prompts"])][: spec["num_prompts"]]
+    evaluation = evaluate_policies(spec["policies"], prompts, reference="sft",
+                                   reward_model=spec["reward_model"], gold=spec["gold"],
+                                   num_samples=spec["num_samples"],
+                                   max_new_tokens=spec["max_new_tokens"], seed=spec["seed"])
+    out = Path(spec["output_dir"])
+    (out / "evaluate").mkdir(parents=True, exist_ok=True)
+    (out / "evaluate" / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
+    reward_runs = {k: v for k, v in spec["runs"].items() if k.endswith("/reward")}
+    runs = {k: v for k, v in spec["runs"].items() if k not in reward_runs}
+    return write_report(out, evaluation=evaluation, runs=runs, reward_runs=reward_runs,
+                        agreement=agreement(spec["store"], spec["project"]), frontier=frontier_points(runs),
+                        title=f"rlhfkit pipeline report: {out.name}")
+
+
+def agreement(store_url: str, project: str) -> dict:
+    """Inter-annotator agreement of the project's judgements, or why there is none."""
+    from rlhfkit.feedback import agreement as A
+    from rlhfkit.feedback.store import FeedbackStore
+
+    js = FeedbackStore(store_url).judgements(project)
+    records = [(j["task_id"], j["annotator"], j["choice"]) for j in js]
+    per_task: dict = {}
+    for task, _, _ in records:
+        per_task[task] = per_task.get(task, 0) + 1
+    out = {"judgements": len(js), "annotators": len({j["annotator"] for j in js}),
+           "tasks_judged_twice_or_more": sum(n >= 2 for n in per_task.values())}
+    if out["tasks_judged_twice_or_more"] == 0:
+        # Agreement needs overlap: say why there is none rather than print empty statistics.
+        out["note"] = "no task was judged by two annotators (collect.annotators_per_task = 1)"
+        return out
+    for name, fn in (("pairwise_agreement", A.pairwise_agreement), ("fleiss_kappa", A.fleiss_kappa),
+                     ("krippendorff_alpha", A.krippendorff_alpha)):
+        try:
+            out[name] = fn(records)
+        except (ValueError, ZeroDivisionError) as e:  # e.g. a single category in all answers
+            out[name] = f"undefined ({e})"
+    return out
+
+
+def frontier_points(runs: dict[str, str]) -> list[dict]:
+    """One (KL, gold, proxy) point per evaluation logged by each RL / DPO run: PPO logs
+    eval_seq_kl / eval_gold / eval_proxy, DPO eval_kl / eval_gold."""
+    from rlhfkit.train.common import read_metrics
+
+    points = []
+    for key, run in runs.items():
+        name = key.split("/")[-1]
+        if not (name.startswith("rl-") or name.startswith("dpo-")):
+            continue
+        for row in read_metrics(run):
+            kl = row.get("eval_seq_kl", row.get("eval_kl"))
+            if kl is None or "eval_gold" not in row:
+                continue
+            points.append({"method": name, "label": f"{key}@{row.get('step')}", "run": key,
+                           "step": row.get("step"), "kl": kl, "gold": row["eval_gold"],
+                           "proxy": row.get("eval_proxy")})
+    return points

@@ -120,12 +120,14 @@ def trl_args(a: argparse.Namespace, tmp: Path, lr: float, seed: int) -> dict:
     gradient checkpointing -- TRL 1.16 defaults it on --, no eval / saving / logging backend)."""
     return dict(output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False,
                 model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
-                gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=lr, lr_scheduler_type="linear",
-                warmup_steps=0, max_grad_norm=1.0, seed=seed, report_to="none", save_strategy="no",
+                gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=lr,
+                lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, seed=seed, report_to="none",
+                save_strategy="no",
                 logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
 
 
-def serve_worker(a: argparse.Namespace, run_ours: Callable, run_trl: Callable, metric: str, units: float) -> None:
+def serve_worker(a: argparse.Namespace, run_ours: Callable, run_trl: Callable, metric: str,
+                 units: float) -> None:
     """Child entry: run side ``a.worker`` (``ours*`` -> run_ours, else run_trl) and report
     ``metric`` = units of work / loop seconds."""
     def run(a, tmp):
@@ -179,8 +181,8 @@ def make_llama20m(sft: Path, out: Path, seed: int = 0) -> Path:
         return path
     tok = AutoTokenizer.from_pretrained(sft)
     base = AutoConfig.from_pretrained(sft)
-    cfg = LlamaConfig(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
-                      pad_token_id=base.pad_token_id, **LLAMA20M)
+    cfg = LlamaConfig(vocab_size=base.vocab_size, bos_token_id=base.bos_token_id,
+                      eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id, **LLAMA20M)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     tmp = out / "llama20m.tmp"
@@ -316,7 +318,8 @@ def add_mfu(models: dict[str, dict], peak_gflops: float) -> None:
 
 
 def write_result(out: Path, name: str, result: dict) -> None:
-    result = {"bench": name, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **result}
+    result = {"bench": name, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              **result}
     line = json.dumps(result)
     print(line, flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +333,8 @@ def common_args(ap: argparse.ArgumentParser, steps: int, rounds: int = 3) -> Non
                     help="optimizer steps per run on the ~20M model (each step is compute-bound there)")
     ap.add_argument("--rounds", type=int, default=rounds, help="A/B rounds; medians over rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
-    ap.add_argument("--models", default="tiny,20m", help="comma list of tiny (the quick world's SFT policy), 20m")
+    ap.add_argument("--models", default="tiny,20m",
+                    help="comma list of tiny (the quick world's SFT policy), 20m")
     # Child-process arguments (set by the parent).
     for hidden in ("--worker", "--model-dir", "--data", "--world"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -367,7 +371,8 @@ def parent_setup(a: argparse.Namespace) -> tuple[Path, Path, dict[str, Path], fl
     return out, world, dirs, peak(a.threads)
 
 
-def finish(out: Path, name: str, a: argparse.Namespace, results: dict, setting: dict, peak_before: float) -> None:
+def finish(out: Path, name: str, a: argparse.Namespace, results: dict, setting: dict,
+           peak_before: float) -> None:
     """Peak again after the runs (the larger of before/after: a busy moment cannot inflate MFU),
     MFU per side, and the result JSON."""
     top = max(peak_before, peak(a.threads))

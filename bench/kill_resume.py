@@ -79,7 +79,8 @@ def main() -> int:
                         "bitwise_equal": report.bitwise_equal, "files_compared": len(report.compared),
                         "metrics_ok": not report.metrics_problems, "consistent": not report.consistency,
                         "mismatches": report.mismatches, "metrics_problems": report.metrics_problems})
-    total = {"kills_planned": a.kills_per_stage * len(results), "kills": sum(r["kills"] for r in results), "resumes": sum(r["resumes"] for r in results),
+    total = {"kills_planned": a.kills_per_stage * len(results), "kills": sum(r["kills"] for r in results),
+             "resumes": sum(r["resumes"] for r in results),
              "bitwise_matches": sum(r["bitwise_equal"] for r in results), "stages": len(results),
              "metrics_ok": sum(r["metrics_ok"] for r in results),
              "kills_by_kind": {m: sum(r["modes"].count(m) for r in results) for m in MODES},

@@ -22,7 +22,8 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="bench-runs/reward")
-    ap.add_argument("--temperature", type=float, default=0.6, help="labeler BT temperature (0.6: ~73%% agreement)")
+    ap.add_argument("--temperature", type=float, default=0.6,
+                    help="labeler BT temperature (0.6: ~73%% agreement)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=4, help="passes over the training prompts when sampling")
     ap.add_argument("--quick", action="store_true", help="the small test world instead of the demo world")
@@ -46,22 +47,26 @@ def main() -> None:
     sft = sft_train(sft_cfg)
     train_prompts = [r["prompt"] for r in read_records(world / "prompts.jsonl")] * args.rounds
     eval_prompts = [r["prompt"] for r in read_records(world / "prompts_eval.jsonl")] * 8
-    samples = [[s for s in g if s.strip()] for g in sample_policy(sft, train_prompts, samples_per_prompt=4, seed=1)]
-    rows = make_preference_pairs(train_prompts, samples, SimulatedLabeler(temperature=args.temperature, seed=0),
+    samples = [[s for s in g if s.strip()]
+               for g in sample_policy(sft, train_prompts, samples_per_prompt=4, seed=1)]
+    rows = make_preference_pairs(train_prompts, samples,
+                                 SimulatedLabeler(temperature=args.temperature, seed=0),
                                  gold_reward_fn, rng_seed=3, pairs_per_prompt=3)
     data = write_jsonl(out / "prefs.jsonl", rows)
     held = sample_policy(sft, eval_prompts, samples_per_prompt=2, seed=2)
     keep = [i for i, s in enumerate(held) if all(x.strip() for x in s) and s[0] != s[1]]
     P, A, B = [eval_prompts[i] for i in keep], [held[i][0] for i in keep], [held[i][1] for i in keep]
     t_data = time.time() - t0
-    rm = reward_train(RewardConfig(model=str(sft), data=str(data), output_dir=str(out / "rm"), learning_rate=1e-3,
-                                   per_device_batch_size=16, num_epochs=args.epochs, max_length=96,
+    rm = reward_train(RewardConfig(model=str(sft), data=str(data), output_dir=str(out / "rm"),
+                                   learning_rate=1e-3, per_device_batch_size=16, num_epochs=args.epochs,
+                                   max_length=96,
                                    eval_fraction=0.05, log_every=50, warmup_ratio=0.05))
     res = reward_vs_gold(rm, P, A, B, labeler_temperature=args.temperature)
     summary = json.loads((out / "rm" / "summary.json").read_text())
     report = {"train_pairs": len(rows), "labeler_temperature": args.temperature, "epochs": args.epochs,
               **{k: v for k, v in res.items() if k != "length_audit"},
-              "heldout_label_accuracy": summary["final"]["eval_accuracy"], "ece": summary["final"]["eval_ece"],
+              "heldout_label_accuracy": summary["final"]["eval_accuracy"],
+              "ece": summary["final"]["eval_ece"],
               "length_corr": res["length_audit"]["length_corr"], "data_seconds": round(t_data, 1),
               "total_seconds": round(time.time() - t0, 1)}
     (out / "reward_ceiling.json").write_text(json.dumps(report, indent=2))

@@ -46,8 +46,9 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     ds = Dataset.from_list(C.read_rows(a.data))
-    args = RewardConfig(**C.trl_args(a, tmp, LR, SEED), per_device_train_batch_size=a.batch, max_length=MAX_LEN,
-                        center_rewards_coefficient=None, disable_dropout=True, weight_decay=0.0, eval_strategy="no")
+    args = RewardConfig(**C.trl_args(a, tmp, LR, SEED), per_device_train_batch_size=a.batch,
+                        max_length=MAX_LEN, center_rewards_coefficient=None, disable_dropout=True,
+                        weight_decay=0.0, eval_strategy="no")
     trainer = RewardTrainer(model=a.model_dir, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     return {"loop_s": out.metrics["train_runtime"]}
@@ -59,7 +60,8 @@ def pair_tokens(model_dir: Path, data: Path) -> int:
     from rlhfkit.modeling import load_tokenizer
 
     ds, _ = tokenize_pairs(C.read_rows(data), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
-    return sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+    return sum(2 * len(p) + len(c) + len(r)
+               for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
 
 
 def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], pairs: list[tuple[str, str]],
@@ -85,7 +87,8 @@ def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], p
         runs = C.ab_runs(script, args, sides, a.rounds, a.threads, "pairs_per_s", f"{name} {model}")
         n = C.matmul_params(mdir, seq_cls=seq_cls)
         fpp = flops_per_token * n * tokens / n_pairs  # training FLOPs per pair
-        results[model] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
+        results[model] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n,
+                          "tokens_per_run": tokens,
                           **C.summarise(runs, "pairs_per_s", pairs, dict.fromkeys(sides, fpp))}
     C.finish(out, f"{name}_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "pairs/s",
                                                  **setting}, peak)

@@ -70,7 +70,8 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
     stage.train(cfg)
     rows = [json.loads(ln) for ln in (tmp / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     lengths = [r["response_length"] for r in rows if "response_length" in r]
-    return {"loop_s": timer.seconds, "mean_completion_tokens": statistics.fmean(lengths) if lengths else float("nan")}
+    return {"loop_s": timer.seconds,
+            "mean_completion_tokens": statistics.fmean(lengths) if lengths else float("nan")}
 
 
 def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
@@ -94,8 +95,8 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
     n = a.prompts_per_step * a.samples
     args = Config(**C.trl_args(a, tmp, LR, SEED), num_generations=a.samples, per_device_train_batch_size=n,
                   generation_batch_size=n, max_completion_length=a.max_new_tokens, temperature=TEMPERATURE,
-                  top_k=0, top_p=1.0, beta=BETA, num_iterations=1, disable_dropout=True, log_completions=False,
-                  **extra)
+                  top_k=0, top_p=1.0, beta=BETA, num_iterations=1, disable_dropout=True,
+                  log_completions=False, **extra)
     trainer = Trainer(model=a.model_dir, reward_funcs=gold, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     key = "completions/mean_length"
@@ -116,11 +117,13 @@ def main() -> None:
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of " + ", ".join(SIDES))
     a = ap.parse_args()
     if a.worker:
-        return C.serve_worker(a, run_ours, run_trl, "episodes_per_s", a.steps * a.prompts_per_step * a.samples)
+        return C.serve_worker(a, run_ours, run_trl, "episodes_per_s",
+                              a.steps * a.prompts_per_step * a.samples)
 
     out, world, dirs, peak = C.parent_setup(a)
     sides = a.sides.split(",")
-    pairs = [(o, t) for o, t in (("ours_grpo", "trl_grpo"), ("ours_rloo", "trl_rloo"), ("ours_ppo", "trl_grpo"))
+    pairs = [(o, t)
+             for o, t in (("ours_grpo", "trl_grpo"), ("ours_rloo", "trl_rloo"), ("ours_ppo", "trl_grpo"))
              if o in sides and t in sides]
     results = {}
     for name, mdir in dirs.items():
@@ -130,7 +133,8 @@ def main() -> None:
                 "--max-new-tokens", str(a.max_new_tokens)]
         runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "episodes_per_s", f"rl {name}")
         results[name] = {"model_dir": str(mdir), "steps": steps,
-                         "episodes_per_run": steps * a.prompts_per_step * a.samples, **C.summarise(runs, "episodes_per_s", pairs)}
+                         "episodes_per_run": steps * a.prompts_per_step * a.samples,
+                         **C.summarise(runs, "episodes_per_s", pairs)}
     C.finish(out, "rl_vs_trl", a, results, {"prompts_per_step": a.prompts_per_step, "samples": a.samples,
                                             "max_new_tokens": a.max_new_tokens, "temperature": TEMPERATURE,
                                             "beta": BETA, "unit": "episodes/s"}, peak)

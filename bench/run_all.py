@@ -48,8 +48,8 @@ def main() -> None:
     for name in a.only.split(","):
         if name not in BENCHES:
             raise SystemExit(f"--only: unknown benchmark {name!r} ({', '.join(BENCHES)})")
-        cmd = [sys.executable, str(HERE / f"{name}_vs_trl.py"), "--output", a.output, "--rounds", str(a.rounds),
-               "--threads", str(a.threads), *BENCHES[name]]
+        cmd = [sys.executable, str(HERE / f"{name}_vs_trl.py"), "--output", a.output,
+               "--rounds", str(a.rounds), "--threads", str(a.threads), *BENCHES[name]]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if p.returncode:

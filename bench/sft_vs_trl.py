@@ -84,7 +84,8 @@ def main() -> None:
         results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
                          **C.summarise(runs, "tokens_per_s", [("ours", "trl")],
                                        {"ours": 6 * n, "trl": 6 * n})}
-    C.finish(out, "sft_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "tokens/s"}, peak)
+    C.finish(out, "sft_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "tokens/s"},
+             peak)
 
 
 if __name__ == "__main__":

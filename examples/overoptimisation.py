@@ -62,7 +62,8 @@ def main() -> None:
     last = rows[-1]
     verdict = {
         "peak_gold_step": peak["step"], "peak_gold": peak["gold_reward"], "final_gold": last["gold_reward"],
-        "proxy_at_peak": peak["proxy_reward"], "final_proxy": last["proxy_reward"], "final_seq_kl": last["seq_kl"],
+        "proxy_at_peak": peak["proxy_reward"], "final_proxy": last["proxy_reward"],
+        "final_seq_kl": last["seq_kl"],
         "gold_fell_after_peak": last["gold_reward"] < peak["gold_reward"],
         "proxy_kept_rising": last["proxy_reward"] > peak["proxy_reward"],
         "gap_alarms": sum(1 for r in rows if r.get("alarm_gap")),
@@ -103,8 +104,9 @@ def gao_fit(rows: list[dict], png: Path) -> dict:
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
+    kl_peak = fit["kl_peak"] if fit["kl_peak"] is None else round(fit["kl_peak"], 2)
     print(f"Gao fit: alpha {fit['alpha']:.3f}, beta {fit['beta']:.3f}, R2 {fit['r2']:.2f}, "
-          f"gold peaks at KL {fit['kl_peak'] if fit['kl_peak'] is None else round(fit['kl_peak'], 2)}; plot {png}")
+          f"gold peaks at KL {kl_peak}; plot {png}")
     return fit
 
 

@@ -33,11 +33,13 @@ STAGES: dict[str, Stage] = {
                     "train a reward model on preference pairs or rankings (with ties, margins, ensembles)"),
     "ppo": Stage("PPOConfig", "rlhfkit.train.ppo:train",
                  "online RL from a reward model or function: PPO with a critic, or RLOO / GRPO"),
-    "score": Stage("ScoreConfig", "rlhfkit.scoring:score_file", "score prompt/response rows with a reward model"),
+    "score": Stage("ScoreConfig", "rlhfkit.scoring:score_file",
+                   "score prompt/response rows with a reward model"),
     "gold-score": Stage("GoldScoreConfig", "rlhfkit.synthetic.world:gold_score_file",
                         "score completions with the synthetic world's gold reward"),
     "evaluate": Stage("EvaluateConfig", "rlhfkit.evaluate.policies:evaluate",
-                      "compare policies (reward, gold win rate vs SFT, KL, length, diversity) and write report.md"),
+                      "compare policies (reward, gold win rate vs SFT, KL, length, diversity) "
+                      "and write report.md"),
     "collect": Stage("CollectConfig", "rlhfkit.feedback.collect:collect",
                      "sample (or import) responses and create comparison tasks in a feedback project"),
 }
@@ -124,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     label_sub = label.add_subparsers(title="label commands", metavar="<command>")
     for name, stage in LABEL_STAGES.items():
         _stage_parser(label_sub, name, stage).set_defaults(_stage=f"label {name}")
-    run = sub.add_parser("run", help="run (or continue) a whole pipeline from one YAML file: sft -> collect -> "
-                         "label -> reward -> RL / DPO, in rounds, then evaluate and write report.md",
+    run = sub.add_parser("run", help="run (or continue) a whole pipeline from one YAML file: "
+                         "sft -> collect -> label -> reward -> RL / DPO, in rounds, then evaluate and write "
+                         "report.md",
                          description="keys of the pipeline file:\n" + _describe("PipelineConfig"),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("pipeline", help="pipeline YAML (see examples/)")

@@ -1,6 +1,6 @@
 """`rlhf demo`: the pipeline on the synthetic world, end to end, with a printed table.
 
-The pipeline (rlhfkit/pipeline.py) on the synthetic world: world -> SFT -> collect samples ->
+The pipeline (rlhfkit/pipeline/) on the synthetic world: world -> SFT -> collect samples ->
 simulated labelers (through the feedback store) -> reward model -> PPO and DPO -> evaluation of
 base, SFT, PPO and DPO on held-out prompts (gold reward, win rate vs SFT, KL) -> report.md.
 """
@@ -27,7 +27,8 @@ def sft_keys(quick: bool) -> dict:
 
 
 def sft_config(world: Path, output: Path, quick: bool) -> SFTConfig:
-    return SFTConfig(model=str(world / "base"), data=str(world / "sft.jsonl"), eval_data=str(world / "sft_eval.jsonl"),
+    return SFTConfig(model=str(world / "base"), data=str(world / "sft.jsonl"),
+                     eval_data=str(world / "sft_eval.jsonl"),
                      output_dir=str(output / "sft"), **sft_keys(quick))
 
 
@@ -55,12 +56,14 @@ def demo_pipeline(output: str | Path, quick: bool) -> dict:
         "export": {"aggregate": "judgement", "ties": "drop"},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "num_epochs": 2, "max_length": 96,
                    "eval_fraction": 0.1, "warmup_ratio": 0.05, "log_every": 10},
-        "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "prompts_per_device": 32, "mini_batch_size": 16,
+        "rl": {"ppo": {"estimator": "ppo", "learning_rate": 5e-4, "prompts_per_device": 32,
+                       "mini_batch_size": 16,
                        "ppo_epochs": 2, **gen, "max_steps": 16, "log_every": 1,
                        "eval_data": f"{w}/prompts_eval.jsonl", "eval_prompts": 32 if quick else 64,
                        "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold_reward": True}},
         "dpo": {"dpo": {"beta": 0.1, "learning_rate": 5e-4, "per_device_batch_size": 16,
-                        "max_steps": 100 if quick else 160, "max_length": 96, "warmup_ratio": 0.1, "log_every": 10,
+                        "max_steps": 100 if quick else 160, "max_length": 96, "warmup_ratio": 0.1,
+                        "log_every": 10,
                         "eval_every": 50 if quick else 40, "eval_sample_prompts": 30, "gold_reward": True}},
         "evaluate": {"prompts": f"{w}/prompts_eval.jsonl", "num_prompts": 100, "num_samples": 4,
                      "max_new_tokens": 48},
@@ -93,7 +96,7 @@ def final_table(evaluation: dict) -> str:
             return "-" if v is None else format(v, fmt)
         win, se = p.get("win_rate"), p.get("win_rate_se") or 0.0
         win_s = "-" if win is None else f"{100 * win:.0f}±{100 * se:.0f}%"
-        health = (p.get("health") or {}).get("verdict", "-")  # item 34: never crown a collapsed policy silently
+        health = (p.get("health") or {}).get("verdict", "-")  # item 34: never crown a collapse silently
         rows.append(f"{name:<10}{f('gold_mean'):>8}{win_s:>13}{f('kl', '.2f'):>9}{f('rm_mean'):>8}"
                     f"{f('length_tokens', '.1f'):>8}  {health}")
     return "\n".join(rows)

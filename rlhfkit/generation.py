@@ -50,7 +50,8 @@ def sampling_config(*, max_new_tokens: int, pad_token_id: int, eos_token_id: int
     sample = temperature > 0
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
-        temperature=temperature if sample else 1.0, top_k=top_k if sample else 0, top_p=top_p if sample else 1.0,
+        temperature=temperature if sample else 1.0, top_k=top_k if sample else 0,
+        top_p=top_p if sample else 1.0,
         pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None, use_cache=True,
         repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, typical_p=1.0, epsilon_cutoff=0.0,
         eta_cutoff=0.0, encoder_repetition_penalty=1.0, renormalize_logits=False)
@@ -128,7 +129,8 @@ def prompt_ids_for(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     limit = min(limits)
     ids, n = fit_prompts(ids, limit, tokenizer.bos_token_id)
     if n:
-        log.warning("%d of %d %s were longer than %d tokens and were cut from the left", n, len(ids), what, limit)
+        log.warning("%d of %d %s were longer than %d tokens and were cut from the left",
+                    n, len(ids), what, limit)
     return ids
 
 

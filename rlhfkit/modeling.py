@@ -225,7 +225,8 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_hf(model, tokenizer, out_dir: str | os.PathLike, *, extra_config: dict[str, Any] | None = None) -> Path:
+def save_hf(model, tokenizer, out_dir: str | os.PathLike, *,
+            extra_config: dict[str, Any] | None = None) -> Path:
     """Save a model as a plain Hugging Face directory (safetensors + tokenizer).
 
     LoRA models are merged into their base weights first so the directory loads with

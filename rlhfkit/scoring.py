@@ -70,7 +70,8 @@ class RewardScorer:
         pairs = encode_prompt_response(self.tokenizer, prompts, responses, max_length=self.max_length)
         per_model = np.zeros((len(self.models), len(pairs)))
         for k, model in enumerate(self.models):
-            r = score_encoded(model, pairs, self.tokenizer.pad_token_id, batch_size=batch_size, device=self.device)
+            r = score_encoded(model, pairs, self.tokenizer.pad_token_id, batch_size=batch_size,
+                              device=self.device)
             if normalized:
                 r = (r - getattr(model.config, REWARD_OFFSET, 0.0)) / getattr(model.config, REWARD_SCALE, 1.0)
             per_model[k] = r
@@ -105,5 +106,6 @@ def score_file(cfg) -> Path:
             extra[f"{cfg.score_field}_std"] = s
         out_rows.append({**r, **extra})
     out = write_jsonl(cfg.output, out_rows)
-    log.info("scored %d rows with %d model(s): mean %.4f -> %s", len(rows), len(scorer.models), float(mean.mean()), out)
+    log.info("scored %d rows with %d model(s): mean %.4f -> %s", len(rows), len(scorer.models),
+             float(mean.mean()), out)
     return out

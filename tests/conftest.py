@@ -55,7 +55,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run the CLI as a user types it: the `rlhf` console script (or `python -m rlhfkit`)."""
     exe = [sys.executable, "-m", "rlhfkit"] if module else [str(Path(sys.executable).parent / "rlhf")]
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run([*exe, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*exe, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # Every process the suite starts inherits this marker, so the end of the session can find any that

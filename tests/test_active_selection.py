@@ -203,6 +203,7 @@ def test_pipeline_round_two_selects_with_round_one_reward_model(world, sft_model
     }
     result = Pipeline(config_from_dict(PipelineConfig, spec)).run()
     assert len(result["rounds"]) == 2
-    sel = json.loads((tmp_path / "p" / "round2" / "collect" / "summary.json").read_text())["selection"]  # round 2's
+    # round 2's
+    sel = json.loads((tmp_path / "p" / "round2" / "collect" / "summary.json").read_text())["selection"]
     assert sel["selection_model"] == str(result["rounds"][0]["reward"])
     assert sel["chosen_pairs"] > 0 and sel["uncertainty_chosen_mean"] >= sel["uncertainty_all_mean"]

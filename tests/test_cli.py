@@ -28,7 +28,8 @@ def test_stage_help_documents_every_key():
 
 def test_bad_config_is_one_clear_error(tmp_path):
     cfg = tmp_path / "sft.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(tmp_path), "data": "x.jsonl", "learning_rate": -1, "batch": 3}))
+    cfg.write_text(yaml.safe_dump({"model": str(tmp_path), "data": "x.jsonl", "learning_rate": -1,
+                                   "batch": 3}))
     r = run_cli("sft", "--config", str(cfg), "per_device_batch_size=0")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -38,7 +39,8 @@ def test_bad_config_is_one_clear_error(tmp_path):
 
 
 def test_missing_data_file_is_named(world, tmp_path):
-    r = run_cli("sft", f"model={world / 'base'}", f"data={tmp_path / 'nope.jsonl'}", f"output_dir={tmp_path / 'o'}")
+    r = run_cli("sft", f"model={world / 'base'}", f"data={tmp_path / 'nope.jsonl'}",
+                f"output_dir={tmp_path / 'o'}")
     assert r.returncode == 2 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -79,7 +81,8 @@ def test_library_noise_only_with_verbose(tmp_path):
 
     model, tok = build_model("gpt2", tmp_path / "m"), build_tokenizer("chatml", tmp_path / "t")
     prefs = tmp_path / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": "a good answer.", "rejected": "no."})
+    prefs.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": "a good answer.",
+                                         "rejected": "no."})
                              + "\n" for i in range(8)))
     sft = tmp_path / "sft.jsonl"
     sft.write_text("".join(json.dumps({"prompt": f"question {i}?", "completion": "an answer."}) + "\n"

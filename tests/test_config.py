@@ -21,7 +21,8 @@ def write(tmp_path, data, name="cfg.yaml"):
 
 
 def test_yaml_then_overrides_win(tmp_path, model_dir):
-    p = write(tmp_path, {"model": model_dir, "data": "d.jsonl", "learning_rate": 1e-4, "per_device_batch_size": 4})
+    p = write(tmp_path, {"model": model_dir, "data": "d.jsonl", "learning_rate": 1e-4,
+                         "per_device_batch_size": 4})
     cfg = load_config(SFTConfig, p, ["learning_rate=3e-4", "packing=true", "adam_betas=[0.8, 0.9]"])
     assert cfg.learning_rate == pytest.approx(3e-4)  # override beats file
     assert cfg.per_device_batch_size == 4  # file beats default
@@ -118,7 +119,8 @@ def test_settings_that_would_silently_break_rlhf_are_named_errors(tmp_path, mode
     for cls, data, msg in cases:
         with pytest.raises(ConfigError, match=msg):
             config_from_dict(cls, data)
-    assert config_from_dict(PPOConfig, {**ppo, "estimator": "grpo", "scale_rewards": "none"}).scale_rewards == "none"
+    assert config_from_dict(PPOConfig, {**ppo, "estimator": "grpo",
+                                        "scale_rewards": "none"}).scale_rewards == "none"
     assert config_from_dict(RewardConfig, {**base, "use_margin": True}).use_margin
 
 
@@ -134,16 +136,19 @@ def test_a_key_a_stage_does_not_read_is_a_named_error(tmp_path, model_dir):
         with pytest.raises(ConfigError, match=f"{key}: PPO"):
             config_from_dict(PPOConfig, {**ppo, key: 4})
     with pytest.raises(ConfigError, match="output_dir.*unknown key"):
-        config_from_dict(LabelExportConfig, {"store": "s.db", "project": "p", "output": "o.jsonl", "output_dir": "x"})
+        config_from_dict(LabelExportConfig, {"store": "s.db", "project": "p", "output": "o.jsonl",
+                                             "output_dir": "x"})
     with pytest.raises(ConfigError, match="seed.*unknown key"):
-        config_from_dict(ScoreConfig, {"model": model_dir, "input": "i.jsonl", "output": "o.jsonl", "seed": 1})
+        config_from_dict(ScoreConfig, {"model": model_dir, "input": "i.jsonl", "output": "o.jsonl",
+                                       "seed": 1})
 
 
 def test_pipeline_sections_are_typed(model_dir):
     """A wrong key or type in a pipeline section fails on load, naming the section and the key."""
     from rlhfkit.config import PipelineConfig, config_from_dict
 
-    base = {"policy": model_dir, "collect": {"prompts": "p.jsonl"}, "rl": {"g": {"reward_functions": ["gold"]}}}
+    base = {"policy": model_dir, "collect": {"prompts": "p.jsonl"},
+            "rl": {"g": {"reward_functions": ["gold"]}}}
     cases = [
         ({"evaluate": {"num_prompt": 3}}, r"evaluate.num_prompt \[defaults\]: unknown key"),
         ({"reward": {"learning_rate": "fast"}}, "reward.learning_rate"),
@@ -155,5 +160,7 @@ def test_pipeline_sections_are_typed(model_dir):
     for extra, msg in cases:
         with pytest.raises(ConfigError, match=msg):
             config_from_dict(PipelineConfig, {**base, **extra})
-    cfg = config_from_dict(PipelineConfig, {**base, "dpo": {"d": None}, "label": {"mode": "people", "target": 5}})
-    assert cfg.label.target == 5 and cfg.dpo["d"].overrides() == {} and cfg.rl["g"]["reward_functions"] == ["gold"]
+    cfg = config_from_dict(PipelineConfig, {**base, "dpo": {"d": None},
+                                            "label": {"mode": "people", "target": 5}})
+    assert (cfg.label.target == 5 and cfg.dpo["d"].overrides() == {}
+            and cfg.rl["g"]["reward_functions"] == ["gold"])

@@ -76,7 +76,8 @@ def test_token_ids_equal_the_models_own_template(zoo, arch, template):
             assert ids.count(tok.bos_token_id) <= 1
     # A conversational preference pair: prompt + chosen == the template's whole conversation.
     conv = CONVERSATIONS[1]
-    pair = [{"prompt": conv[:-1], "chosen": conv[-1:], "rejected": [{"role": "assistant", "content": "no idea"}]}]
+    pair = [{"prompt": conv[:-1], "chosen": conv[-1:],
+             "rejected": [{"role": "assistant", "content": "no idea"}]}]
     from rlhfkit.data.formats import normalize
     from rlhfkit.modeling import chat_renderer
 
@@ -124,7 +125,8 @@ def test_sampling_distribution_is_the_trained_one(zoo, arch, template):
         assert torch.allclose(gen_lp, ours, atol=2e-4), (arch, template, (gen_lp - ours).abs().max())
     # The rollout really repeats tokens and stops early when the policy says so: no penalty, no
     # n-gram blocking applied (with them, a bigram never repeats within a response).
-    rows = sample_completions(model, tok, prompts, max_new_tokens=10, temperature=1.0, seed=1, return_ids=True)
+    rows = sample_completions(model, tok, prompts, max_new_tokens=10, temperature=1.0, seed=1,
+                              return_ids=True)
     scores = calls[-1]
     b = response_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], tok.pad_token_id)
     with torch.no_grad():
@@ -156,7 +158,8 @@ def test_train_mode_first_ratio_is_one_and_dpo_starts_at_ln2(zoo, arch, template
 
     _, ref = _load(zoo, arch, template)
     ref.eval()
-    pairs, _ = tokenize_pairs([{"prompt": p, "chosen": "yes, sure.", "rejected": "no, never!"} for p in prompts],
+    pairs, _ = tokenize_pairs([{"prompt": p, "chosen": "yes, sure.", "rejected": "no, never!"}
+                               for p in prompts],
                               tok, max_length=CONTEXT)
     batch = PairCollator(tok.pad_token_id)([pairs[i] for i in range(len(pairs))])
     pol, _ = sequence_logprobs(policy, batch)

@@ -12,14 +12,13 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlhfkit.testing.conformance import ARCHITECTURES, CONTEXT, CONVERSATIONS, build_model, build_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-FAMILY_TEMPLATE = {"llama": "llama3", "qwen2": "chatml", "mistral": "mistral", "gemma": "gemma", "gpt2": "chatml",
-                   "opt": "mistral", "phi3": "phi3", "gpt_neox": "chatml"}
+FAMILY_TEMPLATE = {"llama": "llama3", "qwen2": "chatml", "mistral": "mistral", "gemma": "gemma",
+                   "gpt2": "chatml", "opt": "mistral", "phi3": "phi3", "gpt_neox": "chatml"}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -84,9 +83,10 @@ def test_reward_lora_then_ppo_then_dpo(arch, data, tmp_path, caplog):
 
     model, tok = _model(tmp_path, arch)
     # Reward model with LoRA (crashed before: CAUSAL_LM task type on a sequence classifier).
-    rm_dir = reward_train(RewardConfig(model=model, tokenizer=tok, data=data["prefs"], output_dir=str(tmp_path / "rm"),
-                                       lora_r=8, learning_rate=1e-3, per_device_batch_size=3, max_steps=4,
-                                       max_length=CONTEXT, normalize="none", **COMMON))
+    rm_dir = reward_train(RewardConfig(model=model, tokenizer=tok, data=data["prefs"],
+                                       output_dir=str(tmp_path / "rm"), lora_r=8, learning_rate=1e-3,
+                                       per_device_batch_size=3, max_steps=4, max_length=CONTEXT,
+                                       normalize="none", **COMMON))
     plain = AutoModelForSequenceClassification.from_pretrained(rm_dir)  # transformers alone
     assert plain.config.num_labels == 1
     rm_losses = [r["loss"] for r in _metrics(tmp_path / "rm") if "loss" in r]
@@ -94,10 +94,10 @@ def test_reward_lora_then_ppo_then_dpo(arch, data, tmp_path, caplog):
 
     # PPO with the critic initialised from that reward model; the long prompt is cut, with a warning.
     with caplog.at_level("WARNING"):
-        ppo_train(PPOConfig(model=model, tokenizer=tok, data=data["prompts"], output_dir=str(tmp_path / "ppo"),
-                            reward_model=str(rm_dir), prompts_per_device=4, mini_batch_size=4, ppo_epochs=1,
-                            max_new_tokens=8, max_length=CONTEXT, max_steps=2, eval_prompts=0,
-                            learning_rate=1e-4, **COMMON))
+        ppo_train(PPOConfig(model=model, tokenizer=tok, data=data["prompts"],
+                            output_dir=str(tmp_path / "ppo"), reward_model=str(rm_dir), prompts_per_device=4,
+                            mini_batch_size=4, ppo_epochs=1, max_new_tokens=8, max_length=CONTEXT,
+                            max_steps=2, eval_prompts=0, learning_rate=1e-4, **COMMON))
     assert "training prompts were longer than 56 tokens and were cut from the left" in caplog.text
     first = [r for r in _metrics(tmp_path / "ppo") if "first_ratio" in r]
     assert first and all(abs(r["first_ratio"] - 1.0) < 1e-5 and r["first_approx_kl"] < 1e-9 for r in first)
@@ -105,5 +105,6 @@ def test_reward_lora_then_ppo_then_dpo(arch, data, tmp_path, caplog):
 
     # DPO: the untrained policy against its reference, in train mode, starts at ln 2.
     dpo_train(DPOConfig(model=model, tokenizer=tok, data=data["prefs"], output_dir=str(tmp_path / "dpo"),
-                        per_device_batch_size=6, max_steps=1, max_length=CONTEXT, learning_rate=1e-4, **COMMON))
+                        per_device_batch_size=6, max_steps=1, max_length=CONTEXT, learning_rate=1e-4,
+                        **COMMON))
     assert _metrics(tmp_path / "dpo")[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)

@@ -370,4 +370,5 @@ def test_preference_tie_flag_is_kept_and_checked():
     out, _ = normalize(rows, "preference", source="t.jsonl")
     assert [r.get("tie") for r in out] == [True, False, None]
     with pytest.raises(DataError, match=r"t.jsonl, row 1, field 'tie'"):
-        normalize([{"prompt": "p", "chosen": "a", "rejected": "b", "tie": "maybe"}], "preference", source="t.jsonl")
+        normalize([{"prompt": "p", "chosen": "a", "rejected": "b", "tie": "maybe"}], "preference",
+                  source="t.jsonl")

@@ -45,7 +45,8 @@ def reward_model(world, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     tok = load_tokenizer(str(world / "base"))
     model = load_reward_model(str(world / "base"), tok)
-    return save_hf(model, tok, tmp_path_factory.mktemp("rm") / "final", extra_config={"reward_offset": RM_OFFSET})
+    return save_hf(model, tok, tmp_path_factory.mktemp("rm") / "final",
+                   extra_config={"reward_offset": RM_OFFSET})
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +251,11 @@ def test_report_does_not_crown_a_collapsed_policy(tmp_path):
     from rlhfkit.evaluate.metrics import health_verdict
 
     sft = {"gold_mean": 0.0, "win_rate": 0.5, "win_rate_se": 0.0, "distinct_1": 0.2, "distinct_2": 0.4,
-           "top_completion": "the lamp is fine .", "top_completion_share": 0.02, "length_tokens": 12.0, "kl": 0.0}
+           "top_completion": "the lamp is fine .", "top_completion_share": 0.02, "length_tokens": 12.0,
+           "kl": 0.0}
     ppo = {"gold_mean": 0.6, "win_rate": 0.86, "win_rate_se": 0.02, "distinct_1": 0.05, "distinct_2": 0.12,
-           "top_completion": "i would truly recommend it .", "top_completion_share": 0.7, "length_tokens": 8.0,
-           "kl": 8.6}
+           "top_completion": "i would truly recommend it .", "top_completion_share": 0.7,
+           "length_tokens": 8.0, "kl": 8.6}
     for m in (sft, ppo):
         m["health"] = health_verdict(m, sft)
     run = tmp_path / "round1" / "rl-ppo"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,11 +117,14 @@ def test_repeated_wrong_passwords_get_429_and_the_right_one_works_after(store, m
         r = client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert "too many failed logins" in r.json()["detail"]
-        r = client.post("/login", data={"name": "alice", "password": PASSWORDS["alice"]}, follow_redirects=False)
+        r = client.post("/login", data={"name": "alice", "password": PASSWORDS["alice"]},
+                        follow_redirects=False)
         assert r.status_code == 429 and "too many failed logins" in r.text  # the form shares the count
-        assert client.post("/api/login", json={"name": "bob", "password": PASSWORDS["bob"]}).status_code == 200
+        assert client.post("/api/login",
+                           json={"name": "bob", "password": PASSWORDS["bob"]}).status_code == 200
         now[0] += 61.0  # the window passes
-        assert client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]}).status_code == 200
+        assert client.post("/api/login",
+                           json={"name": "alice", "password": PASSWORDS["alice"]}).status_code == 200
 
 
 def test_change_password_by_form_and_api_ends_other_sessions(client, store):
@@ -138,7 +140,8 @@ def test_change_password_by_form_and_api_ends_other_sessions(client, store):
     for data, named in bad:
         r = client.post("/account", data={"csrf": csrf, **data})
         assert r.status_code == 400 and named in r.text, (data, r.text)
-    assert client.post("/account", data={"current": PASSWORDS["alice"], "new": new, "again": new}).status_code == 403
+    assert client.post("/account",
+                       data={"current": PASSWORDS["alice"], "new": new, "again": new}).status_code == 403
     assert store.authenticate("alice", PASSWORDS["alice"]) is not None  # nothing changed so far
     r = client.post("/account", data={"csrf": csrf, "current": PASSWORDS["alice"], "new": new, "again": new})
     assert r.status_code == 200 and "Password changed" in r.text
@@ -146,7 +149,8 @@ def test_change_password_by_form_and_api_ends_other_sessions(client, store):
     assert client.get("/projects").status_code == 200  # this browser stays logged in
     assert client.get("/api/projects", headers=other).status_code == 401  # the other token ended
     # The API: bearer token, JSON body naming the field on error; the caller's token survives.
-    mine = {"Authorization": f"Bearer {client.post('/api/login', json={'name': 'alice', 'password': new}).json()['token']}"}
+    token = client.post("/api/login", json={"name": "alice", "password": new}).json()["token"]
+    mine = {"Authorization": f"Bearer {token}"}
     r = client.post("/api/password", json={"current": "nope", "new": "another long one"}, headers=mine)
     assert r.status_code == 400 and "current" in r.json()["detail"]
     r = client.post("/api/password", json={"current": new, "new": "another long one", "x": 1}, headers=mine)
@@ -481,7 +485,8 @@ def test_rlhf_label_serve_starts_on_a_fresh_file_and_prints_the_url(tmp_path):
     reader.start()
     try:
         deadline = time.monotonic() + 90
-        while not any("Uvicorn running" in line or "Application startup complete" in line for line in list(out)):
+        while not any("Uvicorn running" in line or "Application startup complete" in line
+                      for line in list(out)):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(out)
             time.sleep(0.1)
         text = "".join(out)

@@ -44,7 +44,8 @@ def import_file(tmp_path: Path, n_prompts: int = 6, per_prompt: int = 4, models=
 
 def test_collect_import_is_idempotent_prefers_cross_model_pairs_and_marks_calibration(tmp_path):
     cfg = CollectConfig(store=str(tmp_path / "fb.db"), project="p", responses=str(import_file(tmp_path)),
-                        pairs_per_prompt=2, calibration=3, annotators_per_task=2, output_dir=str(tmp_path / "c"))
+                        pairs_per_prompt=2, calibration=3, annotators_per_task=2,
+                        output_dir=str(tmp_path / "c"))
     first = collect(cfg)
     assert (first["prompts_added"], first["responses_added"], first["tasks_created"]) == (6, 24, 12)
     assert first["calibration_tasks_created"] == 3
@@ -75,7 +76,8 @@ def test_collect_rankings(tmp_path):
 def test_collect_malformed_import_row_names_row_and_field(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "a", "model_id": "m"},
                                                {"prompt": "p", "response": "", "model_id": "m"}])
-    cfg = CollectConfig(store=str(tmp_path / "fb.db"), project="p", responses=str(bad), output_dir=str(tmp_path))
+    cfg = CollectConfig(store=str(tmp_path / "fb.db"), project="p", responses=str(bad),
+                        output_dir=str(tmp_path))
     with pytest.raises(DataError) as e:
         collect(cfg)
     assert e.value.row == 2 and e.value.field == "response" and "bad.jsonl" in str(e.value)
@@ -96,7 +98,8 @@ def test_zero_temperature_labeler_follows_gold_on_every_non_tie():
     words = {i: 5 for i in gold}
     for a in range(0, 40, 2):
         for shown in ([a, a + 1], [a + 1, a]):
-            out = simulated_judgement(shown, gold, words, rng, temperature=0.0, position_bias=3.0, length_bias=0.5)
+            out = simulated_judgement(shown, gold, words, rng, temperature=0.0, position_bias=3.0,
+                                      length_bias=0.5)
             picked = shown[0] if out["choice"] == "A" else shown[1]
             assert gold[picked] == max(gold[a], gold[a + 1])
     # K-way at T = 0 is the gold ordering
@@ -141,7 +144,8 @@ def test_simulate_through_the_store_position_bias_shows_as_left_preference(tmp_p
 def test_simulate_cold_labeler_agrees_with_reward_and_fills_overlap(tmp_path):
     store = _sim_project(tmp_path, n_prompts=10, annotators_per_task=3, pairs_per_prompt=2)
     out = simulate_labels(LabelSimulateConfig(store=store, project="p", reward=f"{__name__}:fake_gold",
-                                              temperature=0.0, num_annotators=3, output_dir=str(tmp_path / "s")))
+                                              temperature=0.0, num_annotators=3,
+                                              output_dir=str(tmp_path / "s")))
     assert out["judgements"] == 60 and out["agreement_with_reward"] == 1.0 and out["left_share"] is not None
     assert out["progress"]["tasks_complete"] == 20
     # running again finds nothing left to do and adds no annotators
@@ -217,7 +221,8 @@ def test_export_reads_back_with_the_data_layer(three_annotators, tmp_path):
     from rlhfkit.data.loading import read_records
 
     s, _ = three_annotators
-    out = export(LabelExportConfig(store=s.url, project="p", output=str(tmp_path / "prefs.jsonl"), ties="keep"))
+    out = export(LabelExportConfig(store=s.url, project="p", output=str(tmp_path / "prefs.jsonl"),
+                                   ties="keep"))
     rows, _ = normalize(read_records(out), "preference", source=str(out))
     assert len(rows) == 6 and sum(r.get("tie", False) for r in rows) == 1 and "margin" in rows[0]
     ds_dir = export(LabelExportConfig(store=s.url, project="p", output=str(tmp_path / "prefs_ds")))
@@ -242,7 +247,8 @@ def test_round_trip_collect_simulate_export_train(world, tmp_path):
     summary = collect(CollectConfig(
         store=store, project="world", prompts=str(world / "prompts.jsonl"), max_prompts=12,
         models=[base, base], model_names=["base-a", "base-b"], num_samples=2, max_new_tokens=24,
-        pairs_per_prompt=2, annotators_per_task=2, calibration=1, seed=0, output_dir=str(tmp_path / "collect")))
+        pairs_per_prompt=2, annotators_per_task=2, calibration=1, seed=0,
+        output_dir=str(tmp_path / "collect")))
     assert summary["tasks_created"] >= 12
     sim = simulate_labels(LabelSimulateConfig(store=store, project="world", num_annotators=3, temperature=0.1,
                                               seed=0, output_dir=str(tmp_path / "sim")))
@@ -252,11 +258,12 @@ def test_round_trip_collect_simulate_export_train(world, tmp_path):
     assert models == {"base-a", "base-b"}
     data = export(LabelExportConfig(store=store, project="world", output=str(tmp_path / "prefs.jsonl")))
     rm = reward_train(RewardConfig(model=base, data=str(data), output_dir=str(tmp_path / "rm"), max_steps=2,
-                                   per_device_batch_size=4, max_length=96, eval_fraction=0.0, normalize="none",
-                                   use_margin=True, learning_rate=1e-3))
+                                   per_device_batch_size=4, max_length=96, eval_fraction=0.0,
+                                   normalize="none", use_margin=True, learning_rate=1e-3))
     assert (Path(rm) / "config.json").exists()
     dpo = dpo_train(DPOConfig(model=base, data=str(data), output_dir=str(tmp_path / "dpo"), max_steps=2,
-                              per_device_batch_size=4, max_length=96, eval_fraction=0.0, eval_sample_prompts=0))
+                              per_device_batch_size=4, max_length=96, eval_fraction=0.0,
+                              eval_sample_prompts=0))
     assert (Path(dpo) / "config.json").exists()
 
 
@@ -276,5 +283,6 @@ def test_cli_collect_simulate_export(tmp_path):
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
-    r = run_cli("label", "export", f"store={db}", "project=ghost", f"output={tmp_path / 'x.jsonl'}", cwd=tmp_path)
+    r = run_cli("label", "export", f"store={db}", "project=ghost", f"output={tmp_path / 'x.jsonl'}",
+                cwd=tmp_path)
     assert r.returncode == 2 and "unknown project 'ghost'" in r.stderr and "Traceback" not in r.stderr

@@ -45,7 +45,8 @@ def test_collator_right_padding_and_completion_mask():
 
 
 def test_collator_left_padding_positions():
-    ex = [{"input_ids": [5, 6, 7], "completion_mask": [0, 1, 1]}, {"input_ids": [5, 9], "completion_mask": [0, 1]}]
+    ex = [{"input_ids": [5, 6, 7], "completion_mask": [0, 1, 1]},
+          {"input_ids": [5, 9], "completion_mask": [0, 1]}]
     b = SFTCollator(pad_token_id=0, padding_side="left")(ex)
     assert b["input_ids"].tolist() == [[5, 6, 7], [0, 5, 9]]
     assert b["labels"].tolist() == [[-100, 6, 7], [-100, -100, 9]]
@@ -74,7 +75,8 @@ def test_packing_blocks_and_positions():
 def test_pair_collator_stacks_chosen_then_rejected():
     from rlhfkit.data.collate import PairCollator
 
-    ex = [{"prompt_ids": [1, 2], "chosen_ids": [3, 9], "rejected_ids": [4, 5, 9], "margin": 1.5, "tie": False},
+    ex = [{"prompt_ids": [1, 2], "chosen_ids": [3, 9], "rejected_ids": [4, 5, 9], "margin": 1.5,
+           "tie": False},
           {"prompt_ids": [1], "chosen_ids": [6, 9], "rejected_ids": [7, 9], "margin": 0.0, "tie": True}]
     b = PairCollator(pad_token_id=0)(ex)
     assert b["input_ids"].tolist() == [[1, 2, 3, 9, 0], [1, 6, 9, 0, 0], [1, 2, 4, 5, 9], [1, 7, 9, 0, 0]]

@@ -53,7 +53,8 @@ def test_chat_template_rows_tokenise(world):
     assert norm[0]["prompt"] == "<|user|> review the film x\n<|assistant|>"
     assert norm[0]["completion"].strip() == "the film was good ."
     ds, _ = tokenize_sft(norm, tok, max_length=64)
-    assert sum(ds[0]["completion_mask"]) == len(tok(norm[0]["completion"], add_special_tokens=False)["input_ids"]) + 1
+    assert (sum(ds[0]["completion_mask"])
+            == len(tok(norm[0]["completion"], add_special_tokens=False)["input_ids"]) + 1)
 
 
 def test_padding_side_does_not_change_logprobs(world):
@@ -94,14 +95,16 @@ def test_pair_tokenisation_shares_the_prompt_cut(world):
     from rlhfkit.data.collate import tokenize_pairs
 
     tok = load_tokenizer(str(world / "base"))
-    rows = [{"prompt": "review of the film x :", "chosen": " the film was good .", "rejected": " it was bad .",
-             "margin": 2.0}]
+    rows = [{"prompt": "review of the film x :", "chosen": " the film was good .",
+             "rejected": " it was bad .", "margin": 2.0}]
     ds, dropped = tokenize_pairs(rows, tok, max_length=64)
     e = ds[0]
     assert e["prompt_ids"] == tok(rows[0]["prompt"])["input_ids"] and dropped == 0
-    assert e["chosen_ids"] == tok(rows[0]["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert (e["chosen_ids"]
+            == tok(rows[0]["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
     assert e["margin"] == 2.0 and e["tie"] is False
     short, _ = tokenize_pairs(rows, tok, max_length=8, max_prompt_length=4)
     s = short[0]
     assert s["prompt_ids"] == e["prompt_ids"][-4:]  # the prompt keeps its end
-    assert len(s["prompt_ids"]) + len(s["chosen_ids"]) <= 8 and len(s["prompt_ids"]) + len(s["rejected_ids"]) <= 8
+    assert (len(s["prompt_ids"]) + len(s["chosen_ids"]) <= 8
+            and len(s["prompt_ids"]) + len(s["rejected_ids"]) <= 8)

@@ -39,9 +39,9 @@ def small_pipeline(world: Path, sft_model: Path, out: Path, **kw) -> dict:
         "label": {"mode": "simulate", "num_annotators": 2, "temperature": 0.1},
         "reward": {"learning_rate": 1e-3, "per_device_batch_size": 16, "max_steps": 6, "max_length": 96,
                    "save_every": 2, "log_every": 1},
-        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "prompts_per_device": 4, "mini_batch_size": 8,
-                        "max_new_tokens": 16, "max_length": 80, "max_steps": 2, "eval_prompts": 0, "save_every": 1,
-                        "log_every": 1}},
+        "rl": {"grpo": {"estimator": "grpo", "learning_rate": 5e-4, "prompts_per_device": 4,
+                        "mini_batch_size": 8, "max_new_tokens": 16, "max_length": 80, "max_steps": 2,
+                        "eval_prompts": 0, "save_every": 1, "log_every": 1}},
     }
     base.update(kw)
     return base
@@ -160,7 +160,8 @@ def test_mistakes_fail_before_anything_runs(world, sft_model, tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=big, eos_token="<unk>").save_pretrained(tok_dir)
     assert len(PreTrainedTokenizerFast.from_pretrained(tok_dir)) > n_model + 1
     spec = small_pipeline(world, sft_model, out, policy=None,
-                          sft={"model": str(sft_model), "tokenizer": str(tok_dir), "data": str(world / "sft.jsonl")})
+                          sft={"model": str(sft_model), "tokenizer": str(tok_dir),
+                               "data": str(world / "sft.jsonl")})
     with pytest.raises(ConfigError, match="do not belong together"):
         Pipeline(config_from_dict(PipelineConfig, spec)).run()
     assert not out.exists() or not any(out.iterdir())

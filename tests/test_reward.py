@@ -63,9 +63,9 @@ def make_data(pool, labeler: SimulatedLabeler, name: str) -> Path:
 
 
 def rm_config(pool, data: Path, out: str, **kw) -> RewardConfig:
-    base = dict(model=str(pool["sft"]), data=str(data), output_dir=str(pool["root"] / out), learning_rate=1e-3,
-                per_device_batch_size=16, num_epochs=2, max_length=96, eval_fraction=0.1, log_every=10,
-                warmup_ratio=0.05, skip_invalid=True, seed=0)
+    base = dict(model=str(pool["sft"]), data=str(data), output_dir=str(pool["root"] / out),
+                learning_rate=1e-3, per_device_batch_size=16, num_epochs=2, max_length=96, eval_fraction=0.1,
+                log_every=10, warmup_ratio=0.05, skip_invalid=True, seed=0)
     base.update(kw)
     return RewardConfig(**base)
 
@@ -92,7 +92,8 @@ def test_reward_model_reaches_the_labelers_ceiling(pool):
     # Normalisation: mean 0 on the training responses (the SFT policy's samples).
     rows = lines(data)
     r, _ = RewardScorer(final, max_length=96).score([x["prompt"] for x in rows] * 2,
-                                                    [x["chosen"] for x in rows] + [x["rejected"] for x in rows])
+                                                    [x["chosen"] for x in rows]
+                                                    + [x["rejected"] for x in rows])
     assert abs(float(np.mean(r))) < 0.05
     pool["rm"] = final
 
@@ -112,8 +113,8 @@ def test_length_bias_audit_catches_a_length_biased_labeler(pool):
 
 
 def test_reloaded_with_plain_transformers_scores_identically(pool, tmp_path):
-    final = train(rm_config(pool, make_data(pool, SimulatedLabeler(temperature=0.3, seed=1), "small"), "reload",
-                            max_steps=3))
+    final = train(rm_config(pool, make_data(pool, SimulatedLabeler(temperature=0.3, seed=1), "small"),
+                            "reload", max_steps=3))
     P, A, _, _, _ = pool["eval"]
     ours, _ = RewardScorer(final, max_length=96).score(P[:8], A[:8], normalized=False)
     cfg = json.loads((final / "config.json").read_text())
@@ -152,7 +153,8 @@ def test_left_and_right_padding_score_alike(pool):
     torch.manual_seed(0)
     model = load_reward_model(str(pool["sft"]), tok).eval()
     P, A, B, _, _ = pool["eval"]
-    ds, _ = tokenize_pairs([{"prompt": p, "chosen": a, "rejected": b} for p, a, b in zip(P[:6], A[:6], B[:6])],
+    ds, _ = tokenize_pairs([{"prompt": p, "chosen": a, "rejected": b}
+                            for p, a, b in zip(P[:6], A[:6], B[:6])],
                            tok, max_length=96)
     right = raw_rewards(model, PairCollator(tok.pad_token_id, "right")(ds.to_list()))
     left = raw_rewards(model, PairCollator(tok.pad_token_id, "left")(ds.to_list()))
@@ -251,7 +253,8 @@ def test_score_cli_two_processes(pool, tmp_path):
                         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                         "-m", "rlhfkit", "reward", f"model={pool['sft']}", f"data={data}", "max_steps=3",
                         "per_device_batch_size=8", "max_length=96", "skip_invalid=true", "learning_rate=1e-3",
-                        f"output_dir={tmp_path / 'rm2'}"], env=env, capture_output=True, text=True, timeout=600)
+                        f"output_dir={tmp_path / 'rm2'}"],
+                       env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "rm2" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch"] == 16
@@ -259,7 +262,8 @@ def test_score_cli_two_processes(pool, tmp_path):
     P, A, _, ga, _ = pool["eval"]
     write_jsonl(src, [{"prompt": p, "completion": a} for p, a in zip(P[:5], A[:5])])
     out = tmp_path / "scored.jsonl"
-    r = run_cli("score", f"model={tmp_path / 'rm2' / 'final'}", f"input={src}", f"output={out}", "max_length=96")
+    r = run_cli("score", f"model={tmp_path / 'rm2' / 'final'}", f"input={src}", f"output={out}",
+                "max_length=96")
     assert r.returncode == 0, r.stderr[-2000:]
     scored = lines(out)
     assert len(scored) == 5 and all(isinstance(x["reward"], float) for x in scored)

@@ -153,12 +153,14 @@ def test_group_advantages_keep_beta_in_control():
         assert a[:4].tolist() == pytest.approx([2 * beta, beta, 0.0, -3 * beta], abs=1e-6)
         # group 1: task mean 3, deviations [-2, -1, 3, 0], std sqrt(14/3); kl mean 1
         s = math.sqrt(14 / 3)
-        assert a[4:].tolist() == pytest.approx([-2 / s + beta, -1 / s + beta, 3 / s + beta, 0 - 3 * beta], abs=1e-3)
+        assert a[4:].tolist() == pytest.approx([-2 / s + beta, -1 / s + beta, 3 / s + beta, 0 - 3 * beta],
+                                               abs=1e-3)
     # Dr. GRPO: no division by the group std
     a = group_advantages("grpo", score, kl, 0.1, 4, scale=False)
     assert a[4:].tolist() == pytest.approx([-2 + 0.1, -1 + 0.1, 3 + 0.1, -0.3], abs=1e-6)
     # RLOO is linear: its advantage of score - beta * kl is exact
-    assert group_advantages("rloo", score, kl, 0.1, 4).tolist() == approx(rloo_advantages(score - 0.1 * kl, 4).tolist())
+    assert (group_advantages("rloo", score, kl, 0.1, 4).tolist()
+            == approx(rloo_advantages(score - 0.1 * kl, 4).tolist()))
     assert group_advantages("grpo", score, kl, 0.0, 4).tolist() == approx(grpo_advantages(score, 4).tolist())
 
 
@@ -204,7 +206,8 @@ def test_ppo_policy_loss_ratio_one_is_minus_mean_advantage():
 
 def test_ppo_policy_loss_clipping_by_hand():
     old = torch.zeros(1, 5)
-    logp = torch.tensor([[math.log(1.5), math.log(0.5), math.log(0.5), math.log(1.5), 3.0]], requires_grad=True)
+    logp = torch.tensor([[math.log(1.5), math.log(0.5), math.log(0.5), math.log(1.5), 3.0]],
+                        requires_grad=True)
     adv = torch.tensor([[1.0, 1.0, -2.0, -2.0, 50.0]])
     mask = torch.tensor([[1, 1, 1, 1, 0]])
     # per token max(-A rho, -A clip(rho, 0.8, 1.2)):
@@ -375,7 +378,8 @@ def test_rollout_masks_everything_after_first_eos(base, prompts):
                 ppo_value_loss(vals, vals, ret, mask)[0])
 
     junk = (1 - mask) * 37.0
-    for a, b in zip(pipeline(r.logprobs, ref, values), pipeline(r.logprobs + junk, ref - junk, values + junk)):
+    for a, b in zip(pipeline(r.logprobs, ref, values),
+                    pipeline(r.logprobs + junk, ref - junk, values + junk)):
         assert torch.equal(a, b)
     raw, pen = score_rollout(r, lambda ps, rs: [float(len(x)) for x in rs], no_eos_penalty=-1.0)
     assert pen[~r.ended_with_eos].eq(-1.0).all() and torch.equal(pen[r.ended_with_eos], raw[r.ended_with_eos])
@@ -442,8 +446,8 @@ def test_collapse_monitors_by_hand():
     from rlhfkit.rl.monitors import CollapseWatch, check_alarms, cross_prompt_similarity, top_completion_share
 
     assert top_completion_share([[1, 2], [3, 4], [1, 2], [5]]) == 0.5
-    # prompts 0 and 1, k=2: only cross-prompt pairs count. Bigram sets {(1,2)}, {(1,2)}, {(1,2),(2,3)}, {(4,5)}:
-    # pairs (0,2): 1/2, (0,3): 0, (1,2): 1/2, (1,3): 0 -> mean 0.25
+    # prompts 0 and 1, k=2: only cross-prompt pairs count. Bigram sets {(1,2)}, {(1,2)}, {(1,2),(2,3)},
+    # {(4,5)}: pairs (0,2): 1/2, (0,3): 0, (1,2): 1/2, (1,3): 0 -> mean 0.25
     assert cross_prompt_similarity([[1, 2], [1, 2], [1, 2, 3], [4, 5]], k=2) == 0.25
     watch = CollapseWatch(0.5)
     start = {"distinct_2": 0.6, "entropy": 1.4, "top_completion_share": 0.05}
@@ -452,7 +456,8 @@ def test_collapse_monitors_by_hand():
     assert ratio == pytest.approx(0.55) and reasons == []
     ratio, reasons = watch.check({"distinct_2": 0.24, "entropy": 0.6, "top_completion_share": 0.6})
     assert ratio == pytest.approx(0.4) and len(reasons) == 3
-    cfg = SimpleNamespace(collapse_alarm="warn", max_kl=1.0, kl_alarm="stop", gap_alarm_steps=0, gap_alarm="warn")
+    cfg = SimpleNamespace(collapse_alarm="warn", max_kl=1.0, kl_alarm="stop", gap_alarm_steps=0,
+                          gap_alarm="warn")
     m = {"distinct_2": 0.1, "entropy": 0.5, "top_completion_share": 0.9, "seq_kl": 2.0}
     alarm = check_alarms(cfg, m, [], 7, watch)
     assert alarm["kind"] == "kl" and alarm["action"] == "stop"  # a stopping alarm wins over a warning

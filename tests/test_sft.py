@@ -23,9 +23,10 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def small_cfg(world: Path, out: Path, **kw) -> SFTConfig:
-    base = dict(model=str(world / "base"), data=str(world / "sft.jsonl"), eval_data=str(world / "sft_eval.jsonl"),
-                output_dir=str(out), learning_rate=1e-3, per_device_batch_size=8, max_steps=6, max_length=64,
-                log_every=1, warmup_ratio=0.0, lr_scheduler="linear", seed=3)
+    base = dict(model=str(world / "base"), data=str(world / "sft.jsonl"),
+                eval_data=str(world / "sft_eval.jsonl"), output_dir=str(out), learning_rate=1e-3,
+                per_device_batch_size=8, max_steps=6, max_length=64, log_every=1, warmup_ratio=0.0,
+                lr_scheduler="linear", seed=3)
     base.update(kw)
     return SFTConfig(**base)
 
@@ -40,7 +41,8 @@ def test_sft_learns_the_completion_format(world, tmp_path):
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     # held-out loss falls by a clear margin
     assert summary["final_eval_loss"] < summary["initial_eval_loss"] - 0.15, summary
-    prompts = [json.loads(ln)["prompt"] for ln in (world / "prompts_eval.jsonl").read_text().splitlines()][:30]
+    prompts = [json.loads(ln)["prompt"]
+               for ln in (world / "prompts_eval.jsonl").read_text().splitlines()][:30]
     base = evaluate_policy(world / "base", prompts)
     sft = evaluate_policy(final, prompts)
     # The base model was pre-trained on long documents: it rarely stops after 1-2 sentences.
@@ -84,19 +86,22 @@ def test_stop_and_resume_equals_uninterrupted(world, tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one(world, tmp_path):
     """2 gloo processes (MULTI_CPU, DDP) with batch b follow 1 process with batch 2b."""
-    common = [f"model={world / 'base'}", f"data={world / 'sft.jsonl'}", f"eval_data={world / 'sft_eval.jsonl'}",
-              "learning_rate=1e-3", "max_steps=4", "max_length=64", "log_every=1", "warmup_ratio=0.0", "seed=5"]
+    common = [f"model={world / 'base'}", f"data={world / 'sft.jsonl'}",
+              f"eval_data={world / 'sft_eval.jsonl'}", "learning_rate=1e-3", "max_steps=4", "max_length=64",
+              "log_every=1", "warmup_ratio=0.0", "seed=5"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     # On a CPU-only machine `accelerate launch --multi_gpu` starts the processes and rlhfkit's
     # Accelerator(cpu=True) joins them into a gloo group (`--cpu` would start a single process).
     accelerate = str(Path(sys.executable).parent / "accelerate")
     two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-                          "-m", "rlhfkit", "sft", *common, "per_device_batch_size=4", f"output_dir={tmp_path / 'two'}"],
+                          "-m", "rlhfkit", "sft", *common, "per_device_batch_size=4",
+                          f"output_dir={tmp_path / 'two'}"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "rlhfkit", "sft", *common, "per_device_batch_size=8",
-                          f"output_dir={tmp_path / 'one'}"], env=env, capture_output=True, text=True, timeout=600)
+                          f"output_dir={tmp_path / 'one'}"],
+                         env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s2["processes"] == 2 and s2["global_batch"] == 8
@@ -123,13 +128,15 @@ def test_saved_model_loads_with_plain_transformers(world, tmp_path):
         "assert not any(k.startswith('rlhfkit') for k in sys.modules)\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 
 
 def test_lora_sft_merges_into_a_plain_model(world, tmp_path):
     pytest.importorskip("peft")
-    final = train(small_cfg(world, tmp_path / "lora", lora_r=4, lora_alpha=8, learning_rate=5e-3, max_steps=3))
+    final = train(small_cfg(world, tmp_path / "lora", lora_r=4, lora_alpha=8, learning_rate=5e-3,
+                            max_steps=3))
     w0, w1 = weights(world / "base"), weights(final)
     assert set(w0) == set(w1)  # merged: no lora_A/lora_B keys, loads as the base architecture
     changed = [k for k in w0 if not torch.equal(w0[k], w1[k])]
@@ -139,7 +146,8 @@ def test_lora_sft_merges_into_a_plain_model(world, tmp_path):
 
 
 def test_packing_trains_and_masks(world, tmp_path):
-    final = train(small_cfg(world, tmp_path / "packed", packing=True, completion_only_loss=False, max_steps=3))
+    final = train(small_cfg(world, tmp_path / "packed", packing=True, completion_only_loss=False,
+                            max_steps=3))
     summary = json.loads((tmp_path / "packed" / "summary.json").read_text())
     assert final.is_dir() and summary["final_eval_loss"] < summary["initial_eval_loss"]
 

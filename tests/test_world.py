@@ -14,13 +14,15 @@ def digest(path) -> str:
 
 
 def tiny(out) -> SynthConfig:
-    return SynthConfig(output_dir=str(out), n_docs=200, vocab_size=400, hidden_size=32, num_layers=1, num_heads=2,
-                       pretrain_steps=4, pretrain_batch_size=4, pretrain_seq_len=32, n_sft=50, n_prompts=20)
+    return SynthConfig(output_dir=str(out), n_docs=200, vocab_size=400, hidden_size=32, num_layers=1,
+                       num_heads=2, pretrain_steps=4, pretrain_batch_size=4, pretrain_seq_len=32, n_sft=50,
+                       n_prompts=20)
 
 
 def test_world_is_deterministic_and_reused(tmp_path):
     a, b = build(tiny(tmp_path / "a")), build(tiny(tmp_path / "b"))
-    for rel in ("tokenizer/tokenizer.json", "base/model.safetensors", "sft.jsonl", "prompts_eval.jsonl", "corpus.jsonl"):
+    for rel in ("tokenizer/tokenizer.json", "base/model.safetensors", "sft.jsonl", "prompts_eval.jsonl",
+                "corpus.jsonl"):
         assert digest(a / rel) == digest(b / rel), rel
     stamp = (a / "base" / "model.safetensors").stat().st_mtime_ns
     build(tiny(tmp_path / "a"))  # same config: reused, not rebuilt

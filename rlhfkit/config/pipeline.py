@@ -1,4 +1,4 @@
-"""`rlhf run PIPELINE.yaml` (rlhfkit/pipeline.py): the pipeline file and its typed sections.
+"""`rlhf run PIPELINE.yaml` (rlhfkit/pipeline/): the pipeline file and its typed sections.
 
 A stage's section holds that stage's own keys, named and typed as on its config class, so a typo
 or a wrong type fails when the file is loaded, naming the section and the key. Every key is
@@ -18,7 +18,7 @@ from rlhfkit.config.rl import PPOConfig
 from rlhfkit.config.tools import SynthConfig
 from rlhfkit.config.train import DPOConfig, RewardConfig, SFTConfig
 
-# Keys the pipeline sets itself in each section (rlhfkit/pipeline.py detail 1): run directories,
+# Keys the pipeline sets itself in each section (rlhfkit/pipeline/__init__.py detail 1): run directories,
 # the feedback store and the inputs that connect the stages. A value given there would be silently
 # replaced, so these keys are not on the section and naming one is an error that says why.
 SET_BY_PIPELINE: dict[str, tuple[str, ...]] = {
@@ -103,7 +103,7 @@ DPOSection = stage_section("DPOSection", DPOConfig, "dpo")
 
 
 class EvaluateSection(Section):
-    """The final evaluation of every policy (rlhfkit/pipeline.py detail 6)."""
+    """The final evaluation of every policy (rlhfkit/pipeline/__init__.py detail 6)."""
 
     prompts: str | None = None
     """Held-out prompts file; default `collect.prompts`."""
@@ -122,7 +122,7 @@ class EvaluateSection(Section):
 
 
 class PipelineConfig(RunConfig):
-    """`rlhf run PIPELINE.yaml`: the whole loop from one file (rlhfkit/pipeline.py).
+    """`rlhf run PIPELINE.yaml`: the whole loop from one file (rlhfkit/pipeline/).
 
     Each stage section holds that stage's keys (`rlhf <stage> --help`); the pipeline fills in the
     paths that connect stages (models, data, store, output directories). `${world}` in any string

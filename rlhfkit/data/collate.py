@@ -255,7 +255,8 @@ def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
     return out
 
 
-def fit_prompts(prompt_ids: list[list[int]], limit: int, bos_token_id: int | None) -> tuple[list[list[int]], int]:
+def fit_prompts(prompt_ids: list[list[int]], limit: int,
+                bos_token_id: int | None) -> tuple[list[list[int]], int]:
     """Cut prompts longer than ``limit`` tokens from the left (the end is what a response
     answers), keeping a leading BOS; returns ``(prompts, number truncated)``."""
     out, n = [], 0
@@ -268,7 +269,8 @@ def fit_prompts(prompt_ids: list[list[int]], limit: int, bos_token_id: int | Non
     return out, n
 
 
-def _fit(prompt: list[int], response: list[int], max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
+def _fit(prompt: list[int], response: list[int], max_length: int,
+         max_prompt_length: int) -> tuple[list[int], list[int]]:
     """Truncate a (prompt, response) pair: the prompt keeps its *last* ``max_prompt_length``
     tokens (the end is what the response answers), then the response is cut on the right."""
     if len(prompt) + len(response) > max_length and len(prompt) > max_prompt_length:
@@ -309,7 +311,8 @@ def tokenize_pairs(rows: list[dict], tokenizer, *, max_length: int, max_prompt_l
     ds = datasets.Dataset.from_dict(table)
     ds = ds.map(encode, batched=True, remove_columns=["prompt", "chosen", "rejected"])
     before = len(ds)
-    ds = ds.filter(lambda c, r: c != r and len(c) > 0 and len(r) > 0, input_columns=["chosen_ids", "rejected_ids"])
+    ds = ds.filter(lambda c, r: c != r and len(c) > 0 and len(r) > 0,
+                   input_columns=["chosen_ids", "rejected_ids"])
     return ds, before - len(ds)
 
 

@@ -41,7 +41,8 @@ def reliability_bins(r_chosen: Sequence[float], r_rejected: Sequence[float],
     return bins
 
 
-def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
+def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float],
+                               n_bins: int = 10) -> float:
     """ECE = sum over bins of (n_b / N) * |accuracy_b - confidence_b| (Guo et al. 2017)."""
     bins = reliability_bins(r_chosen, r_rejected, n_bins)
     n = sum(b["count"] for b in bins)

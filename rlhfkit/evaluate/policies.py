@@ -80,7 +80,8 @@ def _free() -> None:
 
 
 @torch.no_grad()
-def _sequence_logps(model, rows: list[dict], pad_id: int, *, temperature: float, batch_size: int) -> np.ndarray:
+def _sequence_logps(model, rows: list[dict], pad_id: int, *, temperature: float,
+                    batch_size: int) -> np.ndarray:
     """Summed log-prob of each sample's completion ids, (N,). The chunking only depends on N and
     batch_size, so a model scoring the same rows twice gives bit-identical numbers."""
     from rlhfkit.data.collate import response_batch
@@ -111,9 +112,6 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
     rm_*, win_rate(_se), rm_win_rate(_se), kl(_se), length_tokens, length_words, distinct_1/2,
     eos_rate, format_rate) and ``samples`` (the first prompts with each policy's completions).
     """
-    from rlhfkit.generation import sample_completions
-    from rlhfkit.modeling import load_causal_lm, load_tokenizer
-
     if reference not in policies:
         raise ConfigError(f"reference: '{reference}' is not one of the policies ({', '.join(policies)})")
     if not prompts:
@@ -125,94 +123,135 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
     # Prompt-major: sample k of prompt j is row j * num_samples + k for every policy.
     expanded = [p for p in prompts for _ in range(num_samples)]
     device = _device()
+    gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size,
+           "seed": seed}
+    samples, own_logps, tokenizers = _sample_all(policies, expanded, device, gen)
+    kl = _kl_to_reference(policies, reference, samples, own_logps, tokenizers, device, gen)
+    rm = _reward_model_scores(reward_model, samples, device, max_length, batch_size) if reward_model else {}
+    golds, fmt = _gold_scores(samples) if gold else ({}, {})
 
-    # 1) Sample each policy and score its samples under itself; one model in memory at a time.
+    results: dict[str, dict] = {}
+    for name, rows in samples.items():
+        m: dict[str, Any] = {"path": str(policies[name]), "n": len(rows)}
+        if gold:
+            m.update(_vs_reference("gold", golds[name], golds[reference]), format_rate=fmt[name])
+        if reward_model is not None:
+            m.update(_vs_reference("rm", rm[name], rm[reference]))
+        m.update(_sample_stats(rows, kl[name]))
+        results[name] = m
+    for m in results.values():  # item 34: a verdict on the samples, not only the scores
+        m["health"] = health_verdict(m, results[reference])
+
+    return {"reference": reference, "prompts": len(prompts), "num_samples": num_samples,
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+            "reward_model": None if reward_model is None else str(reward_model), "gold": gold,
+            "policies": results, "samples": _side_by_side(prompts, num_samples, samples, golds, rm)}
+
+
+def _sample_all(policies: dict[str, str | Path], expanded: list[str], device, gen: dict):
+    """Sample each policy and score its samples under itself (details 1 and 4 above), one model in
+    memory at a time. Returns (rows, own log-probs, tokenizer (vocab, pad id)) per policy."""
+    from rlhfkit.generation import sample_completions
+    from rlhfkit.modeling import load_causal_lm, load_tokenizer
+
     samples: dict[str, list[dict]] = {}
     own_logps: dict[str, np.ndarray] = {}
-    vocabs: dict[str, dict] = {}
-    pad_ids: dict[str, int] = {}
+    tokenizers: dict[str, tuple[dict, int]] = {}
     for name, path in policies.items():
         log.info("evaluate: sampling %d completions from %s (%s)", len(expanded), name, path)
         tok = load_tokenizer(str(path))
         model = load_causal_lm(str(path), tok).to(device).eval()
-        rows = sample_completions(model, tok, expanded, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  batch_size=batch_size, seed=seed, return_ids=True)
-        own_logps[name] = _sequence_logps(model, rows, tok.pad_token_id, temperature=temperature,
-                                          batch_size=batch_size)
-        samples[name], vocabs[name], pad_ids[name] = rows, tok.get_vocab(), tok.pad_token_id
+        rows = sample_completions(model, tok, expanded, max_new_tokens=gen["max_new_tokens"],
+                                  temperature=gen["temperature"], batch_size=gen["batch_size"],
+                                  seed=gen["seed"], return_ids=True)
+        own_logps[name] = _sequence_logps(model, rows, tok.pad_token_id, temperature=gen["temperature"],
+                                          batch_size=gen["batch_size"])
+        samples[name], tokenizers[name] = rows, (tok.get_vocab(), tok.pad_token_id)
         del model
         _free()
+    return samples, own_logps, tokenizers
 
-    # 2) The reference scores every other policy's sampled ids (detail 2 above). The reference's own KL is
-    # its log-probs minus themselves: exactly 0, not "0 up to padding-dependent rounding".
+
+def _kl_to_reference(policies, reference: str, samples, own_logps, tokenizers, device,
+                     gen: dict) -> dict[str, np.ndarray | None]:
+    """Detail 2 above: the reference scores every other policy's sampled ids; per-sample
+    sequence KL (None for a policy whose tokenizer differs). The reference's own KL is its
+    log-probs minus themselves: exactly 0, not "0 up to padding-dependent rounding"."""
+    from rlhfkit.modeling import load_causal_lm, load_tokenizer
+
     kl: dict[str, np.ndarray | None] = {reference: own_logps[reference] - own_logps[reference]}
     others = [n for n in policies if n != reference]
-    if others:
-        ref_tok = load_tokenizer(str(policies[reference]))
-        ref_model = load_causal_lm(str(policies[reference]), ref_tok).to(device).eval()
-        for name in others:
-            if vocabs[name] != vocabs[reference]:
-                log.warning("evaluate: %s has a different tokenizer than the reference %s; KL not computed",
-                            name, reference)
-                kl[name] = None
-                continue
-            ref_lp = _sequence_logps(ref_model, samples[name], pad_ids[reference], temperature=temperature,
-                                     batch_size=batch_size)
-            kl[name] = own_logps[name] - ref_lp
-        del ref_model
-        _free()
+    if not others:
+        return kl
+    ref_tok = load_tokenizer(str(policies[reference]))
+    ref_model = load_causal_lm(str(policies[reference]), ref_tok).to(device).eval()
+    for name in others:
+        if tokenizers[name][0] != tokenizers[reference][0]:
+            log.warning("evaluate: %s has a different tokenizer than the reference %s; KL not computed",
+                        name, reference)
+            kl[name] = None
+            continue
+        ref_lp = _sequence_logps(ref_model, samples[name], tokenizers[reference][1],
+                                 temperature=gen["temperature"], batch_size=gen["batch_size"])
+        kl[name] = own_logps[name] - ref_lp
+    del ref_model
+    _free()
+    return kl
 
-    # 3) Proxy (reward model, normalised as stored) and gold scores of every completion.
-    rm: dict[str, np.ndarray] = {}
-    if reward_model is not None:
-        from rlhfkit.scoring import RewardScorer
 
-        scorer = RewardScorer(reward_model, max_length=max_length, device=device)
-        for name, rows in samples.items():
-            rm[name] = scorer.score([r["prompt"] for r in rows], [r["completion"] for r in rows],
-                                    batch_size=batch_size)[0]
-        del scorer
-        _free()
-    golds: dict[str, np.ndarray] = {}
-    fmt: dict[str, float] = {}
-    if gold:
-        from rlhfkit.synthetic.gold import gold_reward_fn
-        from rlhfkit.synthetic.grammar import follows_format
+def _reward_model_scores(reward_model, samples: dict[str, list[dict]], device, max_length: int,
+                         batch_size: int) -> dict[str, np.ndarray]:
+    """The proxy: the reward model's score normalised as stored."""
+    from rlhfkit.scoring import RewardScorer
 
-        for name, rows in samples.items():
-            golds[name] = np.asarray(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows]))
-            fmt[name] = float(np.mean([r["ended_with_eos"] and follows_format(r["completion"]) for r in rows]))
+    scorer = RewardScorer(reward_model, max_length=max_length, device=device)
+    rm = {name: scorer.score([r["prompt"] for r in rows], [r["completion"] for r in rows],
+                             batch_size=batch_size)[0] for name, rows in samples.items()}
+    del scorer
+    _free()
+    return rm
 
-    # 4) Per-policy numbers.
-    results: dict[str, dict] = {}
+
+def _gold_scores(samples: dict[str, list[dict]]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The synthetic world's gold reward and completion-format rate."""
+    from rlhfkit.synthetic.gold import gold_reward_fn
+    from rlhfkit.synthetic.grammar import follows_format
+
+    golds, fmt = {}, {}
     for name, rows in samples.items():
-        texts = [r["completion"] for r in rows]
-        m: dict[str, Any] = {"path": str(policies[name]), "n": len(rows)}
-        if gold:
-            g = summarize(golds[name])
-            w = win_rate(golds[name], golds[reference])
-            m.update(gold_mean=g["mean"], gold_std=g["std"], gold_quantiles=g["quantiles"],
-                     win_rate=w["rate"], win_rate_se=w["se"],
-                     win_counts={k: w[k] for k in ("wins", "ties", "losses")}, format_rate=fmt[name])
-        if reward_model is not None:
-            s = summarize(rm[name])
-            w = win_rate(rm[name], rm[reference])
-            m.update(rm_mean=s["mean"], rm_std=s["std"], rm_quantiles=s["quantiles"],
-                     rm_win_rate=w["rate"], rm_win_rate_se=w["se"])
-        k = kl[name]
-        m.update(kl=None if k is None else float(k.mean()),
-                 kl_se=None if k is None else float(k.std() / math.sqrt(k.size)),
-                 length_tokens=float(np.mean([r["num_tokens"] for r in rows])),
-                 length_words=float(np.mean([len(t.split()) for t in texts])),
-                 distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
-                 eos_rate=float(np.mean([r["ended_with_eos"] for r in rows])))
-        top, count = Counter(texts).most_common(1)[0]
-        m.update(top_completion=top, top_completion_share=count / len(texts))
-        results[name] = m
-    for name, m in results.items():  # item 34: a verdict on the samples, not only the scores
-        m["health"] = health_verdict(m, results[reference])
+        golds[name] = np.asarray(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows]))
+        fmt[name] = float(np.mean([r["ended_with_eos"] and follows_format(r["completion"]) for r in rows]))
+    return golds, fmt
 
-    # 5) The same first prompts for every policy, side by side.
+
+def _vs_reference(prefix: str, mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
+    """A score's summary and its win rate against the reference's samples of the same
+    prompts (``gold_*`` / ``win_rate`` for gold, ``rm_*`` / ``rm_win_rate`` for the reward model)."""
+    s, w = summarize(mine), win_rate(mine, theirs)
+    win = "win_rate" if prefix == "gold" else f"{prefix}_win_rate"
+    out = {f"{prefix}_mean": s["mean"], f"{prefix}_std": s["std"], f"{prefix}_quantiles": s["quantiles"],
+           win: w["rate"], f"{win}_se": w["se"]}
+    if prefix == "gold":
+        out["win_counts"] = {k: w[k] for k in ("wins", "ties", "losses")}
+    return out
+
+
+def _sample_stats(rows: list[dict], kl: np.ndarray | None) -> dict[str, Any]:
+    """KL to the reference, length, diversity, EOS rate and the most repeated completion."""
+    texts = [r["completion"] for r in rows]
+    top, count = Counter(texts).most_common(1)[0]
+    return {"kl": None if kl is None else float(kl.mean()),
+            "kl_se": None if kl is None else float(kl.std() / math.sqrt(kl.size)),
+            "length_tokens": float(np.mean([r["num_tokens"] for r in rows])),
+            "length_words": float(np.mean([len(t.split()) for t in texts])),
+            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+            "eos_rate": float(np.mean([r["ended_with_eos"] for r in rows])),
+            "top_completion": top, "top_completion_share": count / len(texts)}
+
+
+def _side_by_side(prompts: list[str], num_samples: int, samples: dict[str, list[dict]],
+                  golds: dict[str, np.ndarray], rm: dict[str, np.ndarray]) -> list[dict]:
+    """The same first prompts for every policy, side by side."""
     display = []
     for j in range(min(DISPLAY_PROMPTS, len(prompts))):
         entry: dict[str, Any] = {"prompt": prompts[j], "completions": {}}
@@ -220,18 +259,14 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
             shown = []
             for i in range(j * num_samples, j * num_samples + min(DISPLAY_SAMPLES, num_samples)):
                 s = {"text": rows[i]["completion"], "ended_with_eos": rows[i]["ended_with_eos"]}
-                if gold:
+                if golds:
                     s["gold"] = float(golds[name][i])
-                if reward_model is not None:
+                if rm:
                     s["rm"] = float(rm[name][i])
                 shown.append(s)
             entry["completions"][name] = shown
         display.append(entry)
-
-    return {"reference": reference, "prompts": len(prompts), "num_samples": num_samples,
-            "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-            "reward_model": None if reward_model is None else str(reward_model), "gold": gold,
-            "policies": results, "samples": display}
+    return display
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -262,8 +297,9 @@ def evaluate(cfg) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     prompts = read_prompts(cfg.prompts, cfg.max_prompts)
-    evaluation = evaluate_policies(cfg.policies, prompts, reference=cfg.reference, reward_model=cfg.reward_model,
-                                   gold=cfg.gold, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+    evaluation = evaluate_policies(cfg.policies, prompts, reference=cfg.reference,
+                                   reward_model=cfg.reward_model, gold=cfg.gold, num_samples=cfg.num_samples,
+                                   max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, max_length=cfg.max_length, seed=cfg.seed,
                                    batch_size=cfg.batch_size)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")

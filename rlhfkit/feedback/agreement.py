@@ -5,7 +5,8 @@ Why these numbers. Preference labels are noisy, and the noise sets a ceiling on 
 fit to them can reach (see :mod:`rlhfkit.feedback.simulate`). Before training on collected
 judgements a team wants to know (a) how often two people agree at all — raw pairwise agreement,
 directly comparable with the 63-77% that RLHF papers report for human labelers (RLHF-DETAILS,
-yardsticks; the same range :mod:`rlhfkit.feedback.simulate` calibrates its labelers to); (b) how much of that is more than chance — the kappas and
+yardsticks; the same range :mod:`rlhfkit.feedback.simulate` calibrates its labelers to); (b) how much
+of that is more than chance — the kappas and
 alpha, which matter because "A" vs "B" with a 50/50 base rate already agrees half the time by luck;
 (c) whether aggregating several annotators per item pays off — majority-vote uplift; and (d) which
 annotators disagree with everyone else — per-annotator agreement with the leave-one-out consensus.

@@ -16,7 +16,8 @@ data: bench/active_selection.py measures it against random selection on the synt
 
 Idempotent: prompts and responses are keyed on their text (and model id) in the store, and a prompt
 that already has ``pairs_per_prompt`` tasks among this run's responses gets no more; so re-running
-the same command adds nothing, while new responses (a later round's policy) get tasks of their own. Deterministic for a seed: sampling is seeded, and task selection uses its own generator.
+the same command adds nothing, while new responses (a later round's policy) get tasks of their own.
+Deterministic for a seed: sampling is seeded, and task selection uses its own generator.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def _import_responses(path: str) -> dict[str, list[tuple[str, str, dict | None]]
             raise DataError("expected an object with named fields", source=path, row=n)
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"expected a non-blank string, got {prompt!r}", source=path, row=n, field="prompt")
+            raise DataError(f"expected a non-blank string, got {prompt!r}", source=path, row=n,
+                            field="prompt")
         key = "response" if "response" in row else "completion"
         text = row.get(key)
         if not isinstance(text, str) or not text.strip():
@@ -303,7 +305,8 @@ def _existing_sets(store, project: str) -> dict[frozenset, tuple[str, bool]]:
     return {frozenset(t["response_ids"]): (t["prompt"], t["calibration"]) for t in store.tasks(project)}
 
 
-def _choose_sets(cands: list[tuple[int, str]], k: int, n: int, taken: set, rng: np.random.Generator) -> list[list[int]]:
+def _choose_sets(cands: list[tuple[int, str]], k: int, n: int, taken: set,
+                 rng: np.random.Generator) -> list[list[int]]:
     """Up to ``n`` new k-subsets of ``cands`` (response id, model), most distinct models first,
     random otherwise; each returned in a random (canonical) order."""
     m = len(cands)

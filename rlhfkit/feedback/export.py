@@ -77,7 +77,7 @@ def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str 
         by_task.setdefault(j["task_id"], []).append(j)
     stats: Counter = Counter()
     rows: list[dict] = []
-    for task_id, js in by_task.items():
+    for js in by_task.values():
         if js[0]["calibration"] and not include_calibration:
             stats["calibration_excluded"] += len(js)
             continue
@@ -152,8 +152,9 @@ def _pair_row(j: dict, a: int, b: int, label: str, margin: float | None) -> dict
         return None
     c, r = (b, a) if label == "B" else (a, b)
     tie = label in _TIE_LABELS
-    return {"prompt": j["prompt"], "chosen": texts[c], "rejected": texts[r], "margin": None if tie else margin,
-            "tie": tie, "tie_kind": label if tie else None, "chosen_id": ids[c], "rejected_id": ids[r],
+    return {"prompt": j["prompt"], "chosen": texts[c], "rejected": texts[r],
+            "margin": None if tie else margin, "tie": tie, "tie_kind": label if tie else None,
+            "chosen_id": ids[c], "rejected_id": ids[r],
             "chosen_model": models[c], "rejected_model": models[r]}
 
 
@@ -232,7 +233,8 @@ def _majority_rows(js, labels, agreement, *, ties, rankings, margins, stats) -> 
             stats["ties_dropped"] += 1
             continue
         voters = [j for j, lab in zip(js, labels) if lab[(a, b)] == label]
-        ms = [_margin(j["strength"], margins) for j in voters if j["kind"] == "pair" and j["strength"] is not None]
+        ms = [_margin(j["strength"], margins) for j in voters
+              if j["kind"] == "pair" and j["strength"] is not None]
         row = _pair_row(j0, a, b, label, sum(ms) / len(ms) if ms else None)
         if row is None:
             stats["identical_texts"] += 1

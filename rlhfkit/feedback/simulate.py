@@ -347,7 +347,8 @@ def simulate_labels(cfg) -> dict:
         for n in range(1, cfg.num_annotators + 1):
             name = f"{cfg.name_prefix}-{n}"
             # A random password nobody knows: simulated annotators never log in.
-            annotators.append(store.get_annotator(name) or store.add_annotator(name, secrets.token_urlsafe(24)))
+            annotators.append(store.get_annotator(name)
+                              or store.add_annotator(name, secrets.token_urlsafe(24)))
         rngs = {a.id: np.random.default_rng([cfg.seed, n]) for n, a in enumerate(annotators)}
         kw = dict(temperature=cfg.temperature, position_bias=cfg.position_bias, length_bias=cfg.length_bias,
                   tie_threshold=cfg.tie_threshold, strength_bins=cfg.strength_bins, median=median)

@@ -17,6 +17,6 @@ from rlhfkit.losses.sft import IGNORE_INDEX, sft_loss, token_nll
 
 __all__ = ["DPO_LENGTH_NORMALISED", "DPO_REFERENCE_FREE", "DPOLossType", "IGNORE_INDEX", "TieModel",
            "bradley_terry_loss", "bt_with_ties_loss", "dpo_loss", "entropy_from_logits", "ppo_policy_loss",
-           "ppo_value_loss", "ranking_batch", "ranking_loss", "ranking_loss_with_ties", "ranking_pair_indices",
-           "ranking_tie_indices", "reward_centering_loss", "sft_loss", "tie_loss", "tie_model_log_probs",
-           "token_nll"]
+           "ppo_value_loss", "ranking_batch", "ranking_loss", "ranking_loss_with_ties",
+           "ranking_pair_indices", "ranking_tie_indices", "reward_centering_loss", "sft_loss", "tie_loss",
+           "tie_model_log_probs", "token_nll"]

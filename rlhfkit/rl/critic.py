@@ -61,9 +61,11 @@ class PolicyWithValueHead(nn.Module):
         return out.logits, v[:, :-1]  # values aligned with token log-probs
 
 
-def policy_forward(policy, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
+def policy_forward(policy, input_ids, attention_mask,
+                   position_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits (B, T, V), values (B, T-1) or None): one forward of the policy being trained."""
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 use_cache=False)
     return (out[0], out[1]) if isinstance(out, tuple) else (out.logits, None)
 
 

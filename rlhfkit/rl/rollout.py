@@ -188,7 +188,8 @@ def apply_no_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor, pen
 
 def score_rollout(rollout: Rollout, reward_fn: Callable[[list[str], list[str]], Sequence[float]], *,
                   no_eos_penalty: float | None = None,
-                  penalty_mode: Literal["replace", "subtract"] = "replace") -> tuple[torch.Tensor, torch.Tensor]:
+                  penalty_mode: Literal["replace", "subtract"] = "replace"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score the truncated texts (item 10) with ``reward_fn(prompts, responses) -> (B,)`` (e.g.
     ``lambda p, r: RewardScorer(...).score(p, r)[0]`` or a gold function), then apply the no-EOS
     penalty. Returns ``(raw scores, penalised scores)``, both (B,) fp32."""

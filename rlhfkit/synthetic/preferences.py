@@ -39,8 +39,9 @@ def labelled_pairs(model_dir: str | Path, prompts: list[str], labeler: Simulated
 
 
 def preference_splits(policy_dir: str | Path, world: str | Path, output: str | Path, *,
-                      samples_per_prompt: int = 4, pairs_per_prompt: int = 3, labeler_temperature: float = 0.1,
-                      max_new_tokens: int = 48, seed: int = 0) -> dict[str, Path]:
+                      samples_per_prompt: int = 4, pairs_per_prompt: int = 3,
+                      labeler_temperature: float = 0.1, max_new_tokens: int = 48,
+                      seed: int = 0) -> dict[str, Path]:
     """Labelled pairs on the world's training prompts (``train.jsonl``) and held-out prompts
     (``eval.jsonl``) under ``output``: TRL preference columns plus the labeler's ``p_chosen``,
     ``tie`` and gold columns. Returns the two paths."""

@@ -66,8 +66,10 @@ def init_model(tok, cfg: SynthConfig, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     mcfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=(cfg.hidden_size * 8 // 3 + 63) // 64 * 64,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+        vocab_size=len(tok), hidden_size=cfg.hidden_size,
+        intermediate_size=(cfg.hidden_size * 8 // 3 + 63) // 64 * 64,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
         max_position_embeddings=512, tie_word_embeddings=True, attention_dropout=0.0,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -129,10 +131,12 @@ def build(cfg: SynthConfig) -> Path:
         shutil.rmtree(out / "base")
     shutil.copytree(final, out / "base")
     shutil.rmtree(out / "init")
-    shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)  # a finished pre-training needs no resume state
+    # a finished pre-training needs no resume state
+    shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)
     files = {k: str(out / v) for k, v in {
         "tokenizer": "tokenizer", "base_model": "base", "corpus": "corpus.jsonl", "sft": "sft.jsonl",
-        "sft_eval": "sft_eval.jsonl", "prompts": "prompts.jsonl", "prompts_eval": "prompts_eval.jsonl"}.items()}
+        "sft_eval": "sft_eval.jsonl", "prompts": "prompts.jsonl",
+        "prompts_eval": "prompts_eval.jsonl"}.items()}
     manifest.write_text(json.dumps({"config": key, "files": files}, indent=2))
     return out
 

@@ -43,16 +43,17 @@ _CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '
            "{% endif %}")
 _LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
            "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+           "{% endif %}")
 _MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
             "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
             "{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
 _GEMMA = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
           "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
-          "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
-_PHI3 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+          "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+_PHI3 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
+         "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
 
 # name -> (chat template, bos, eos (= end of turn), pad or None, tokenizer adds BOS itself)
 TEMPLATES: dict[str, tuple[str, str | None, str, str | None, bool]] = {
@@ -65,7 +66,8 @@ TEMPLATES: dict[str, tuple[str, str | None, str, str | None, bool]] = {
 
 _CORPUS = [
     "hello there, how are you today?", "i am fine, thank you very much.", "what is the capital of france?",
-    "the capital of france is paris.", "write a short poem about the sea.", "the sea is wide and blue and deep.",
+    "the capital of france is paris.", "write a short poem about the sea.",
+    "the sea is wide and blue and deep.",
     "explain recursion in one sentence.", "a function that calls itself on a smaller problem.",
     "def add(a, b): return a + b", "list three colours: red, green, blue.", "1 2 3 4 5 6 7 8 9 10",
     "User: tell me a joke. Assistant: why did the chicken cross the road?",
@@ -128,14 +130,15 @@ def _configs(vocab: int) -> dict:
         "qwen2": Qwen2Config(**small, num_key_value_heads=2, attention_dropout=0.1),
         "mistral": MistralConfig(**small, num_key_value_heads=2, attention_dropout=0.1, sliding_window=None),
         "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=8, attention_dropout=0.1),
-        "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT, resid_pdrop=0.1, embd_pdrop=0.1,
-                           attn_pdrop=0.1, **ids),
+        "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT, resid_pdrop=0.1,
+                           embd_pdrop=0.1, attn_pdrop=0.1, **ids),
         "opt": OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                          word_embed_proj_dim=32, max_position_embeddings=CONTEXT, dropout=0.1,
                          attention_dropout=0.1, **ids),
         "phi3": Phi3Config(**small, num_key_value_heads=4, original_max_position_embeddings=CONTEXT,
                            resid_pdrop=0.1, embd_pdrop=0.1, attention_dropout=0.1),
-        "gpt_neox": GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        "gpt_neox": GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4,
                                   max_position_embeddings=CONTEXT, hidden_dropout=0.1, attention_dropout=0.1,
                                   rotary_pct=0.5, **ids),
     }

@@ -4,8 +4,8 @@ and the benchmarks that reuse it (``bench/kill_resume.py``).
 It lives in ``<cache>/test-world-<key>``. The key hashes the world config *and* the source of the
 code that builds it (the package's top-level modules and ``config/``, ``losses/``, ``synthetic/``,
 ``train/``, ``data/``): a change to training numerics (say, the optimizer kernel) yields a slightly
-different base model, and a test tuned on a stale local world could pass here and fail on CI's fresh one. A file lock
-lets parallel pytest-xdist workers share one build instead of racing.
+different base model, and a test tuned on a stale local world could pass here and fail on CI's fresh
+one. A file lock lets parallel pytest-xdist workers share one build instead of racing.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def make_accelerator(cfg, run_dir: Path):
         try:
             importlib.import_module(module)
         except ImportError:
-            raise ConfigError(f"trackers: '{name}' needs its package: pip install 'rlhfkit[{name}]'") from None
+            raise ConfigError(f"trackers: '{name}' needs its package: "
+                              f"pip install 'rlhfkit[{name}]'") from None
     # step_scheduler_with_optimizer=False: our schedule counts global optimizer steps, so the
     # scheduler must step once per step, not once per process (accelerate's default).
     # cpu=True on machines with no accelerator: only then does accelerate turn a torchrun
@@ -421,13 +422,14 @@ class RunState:
         with the last good checkpoint named, or count a skip (``on_nonfinite: skip``)."""
         self.skipped += 1
         latest = self.ckpts.latest()
-        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet (save_every)"
+        where = (f"the last good checkpoint is {latest}" if latest
+                 else "no checkpoint was saved yet (save_every)")
         if self.cfg.on_nonfinite == "stop" or self.skipped > self.cfg.max_nonfinite_skips:
             why = ("" if self.cfg.on_nonfinite == "stop"
                    else f" ({self.skipped} non-finite steps, more than max_nonfinite_skips)")
-            raise TrainingError(f"step {done}: non-finite loss ({loss}) or gradient; stopped before the optimizer "
-                                f"step{why}. Weights were not updated; {where}. Lower learning_rate or check the "
-                                "data, then rerun with resume=true.")
+            raise TrainingError(f"step {done}: non-finite loss ({loss}) or gradient; stopped before the "
+                                f"optimizer step{why}. Weights were not updated; {where}. Lower "
+                                "learning_rate or check the data, then rerun with resume=true.")
         log.warning("step %d: non-finite loss (%s) or gradient; update skipped (%d of at most %d)",
                     done, loss, self.skipped, self.cfg.max_nonfinite_skips)
 

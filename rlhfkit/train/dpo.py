@@ -67,44 +67,21 @@ PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy", "lo
 
 def train(cfg: DPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
-
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
-    train_rows, eval_rows, data_report = load_split(cfg, "pairs", render_chat=chat_renderer(tok))
-    if not train_rows:
-        raise DataError("no preference pairs to train on (every pair is a tie)", source=cfg.data)
-    train_ds, n_trunc = tokenize_pairs(train_rows, tok, max_length=cfg.max_length,
-                                       max_prompt_length=cfg.max_prompt_length)
-    eval_ds = tokenize_pairs(eval_rows, tok, max_length=cfg.max_length,
-                             max_prompt_length=cfg.max_prompt_length)[0] if eval_rows else None
+    train_ds, eval_ds, n_trunc, data_report, sample_prompts = _data(cfg, tok)
     collate = PairCollator(tok.pad_token_id, "right")
-    sample_prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:cfg.eval_sample_prompts]
-
-    uses_ref = cfg.loss_type not in DPO_REFERENCE_FREE  # simpo trains without one
     model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
-    ref = None
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules)
-    elif uses_ref or sample_prompts:
-        # A second, frozen copy (full fine-tuning only; LoRA disables its adapter instead).
-        ref = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
-        ref.eval().requires_grad_(False).to(acc.device)
-    has_ref_copy = ref is not None
+    reference = _Reference(cfg, acc, tok, needs_copy=not cfg.lora_r and (
+        cfg.loss_type not in DPO_REFERENCE_FREE or bool(sample_prompts)))
     world, rank = acc.num_processes, acc.process_index
     model, optimizer, scheduler, n_steps, global_batch = prepare_optimisation(cfg, acc, model, len(train_ds))
-
-    @torch.no_grad()
-    def ref_logps(batch: dict, temperature: float = 1.0) -> torch.Tensor:
-        """(2B,) or (S,) summed reference log-probs of the response tokens of ``batch``."""
-        if not cfg.lora_r:
-            return sequence_logprobs(ref, batch, temperature=temperature)[0]
-        net = acc.unwrap_model(model)  # LoRA: the same weights, adapter off, dropout off
-        was_training = net.training
-        net.eval()
-        with net.disable_adapter():
-            lp = sequence_logprobs(net, batch, temperature=temperature)[0]
-        net.train(was_training)
-        return lp
+    reference.policy = model
+    if cfg.precompute_ref_logprobs and reference.used:  # detail 4 above (item 23)
+        splits = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
+        reference.precompute(splits, collate, run_dir, keep_copy=bool(sample_prompts))
 
     def pair_loss(logps: torch.Tensor, n_tok: torch.Tensor, ref_c, ref_r, num_pairs):
         # logps, n_tok: (2B,) in PairCollator's layout, chosen rows first.
@@ -117,26 +94,6 @@ def train(cfg: DPOConfig) -> Path:
 
     def to_device(b: dict) -> dict:
         return {k: v.to(acc.device) for k, v in b.items()}
-
-    # Detail 4 above (item 23): reference log-probs once, cached by fingerprint.
-    cache: dict[str, torch.Tensor] | None = None
-    cache_status = "off"
-    if cfg.precompute_ref_logprobs and uses_ref:
-        splits = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
-        cache, cache_status = _reference_cache(cfg, acc, tok, splits, ref if ref is not None else
-                                               acc.unwrap_model(model), ref_logps, collate, run_dir)
-        if ref is not None and not sample_prompts:
-            ref = None  # nothing left that needs the reference: free its memory
-
-    def step_refs(split: str, idx: list[int], b: dict):
-        """(B,), (B,) reference log-probs of chosen and rejected: from the cache or live."""
-        if not uses_ref:
-            return None, None
-        if cache is not None:
-            r = cache[split][idx].to(acc.device)  # (B, 2)
-            return r[:, 0], r[:, 1]
-        with acc.autocast():
-            return ref_logps(b).chunk(2)
 
     run = RunState(cfg, acc, run_dir)
     start = run.start
@@ -152,7 +109,7 @@ def train(cfg: DPOConfig) -> Path:
             for i in range(0, len(mine), cfg.eval_batch_size):
                 idx = mine[i:i + cfg.eval_batch_size]
                 b = to_device(collate(eval_ds.select(idx).to_list()))
-                ref_c, ref_r = step_refs("eval", idx, b)
+                ref_c, ref_r = reference.for_pairs("eval", idx, b)
                 with acc.autocast():
                     lp, n_tok = sequence_logprobs(net, b)  # (2B,)
                 loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=1)  # loss = sum over these pairs
@@ -161,7 +118,7 @@ def train(cfg: DPOConfig) -> Path:
                     sums[k] += m[k] * len(idx)
         out = {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(eval_ds)).items()}
         if sample_prompts:
-            out.update(_sampled_eval(cfg, acc, net, tok, sample_prompts, ref_logps))
+            out.update(_sampled_eval(cfg, acc, net, tok, sample_prompts, reference.logps))
         net.train()
         return out
 
@@ -176,7 +133,7 @@ def train(cfg: DPOConfig) -> Path:
         sums = dict.fromkeys(("loss", *PAIR_METRICS, *(("nll",) if cfg.rpo_alpha else ())), 0.0)
         for j, mb in enumerate(mbs):
             b = to_device(collate(take(train_ds, mb)))
-            ref_c, ref_r = step_refs("train", mb, b)  # before the policy forward: LoRA toggles the adapter
+            ref_c, ref_r = reference.for_pairs("train", mb, b)  # first: LoRA toggles the adapter
             sync = j == len(mbs) - 1
             with nullcontext() if sync else acc.no_sync(model):
                 with acc.autocast():
@@ -205,8 +162,7 @@ def train(cfg: DPOConfig) -> Path:
         "stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": n_steps,
         "global_batch": global_batch, "processes": world, "train_pairs": len(train_ds),
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0, "dropped_after_truncation": n_trunc,
-        "data": data_report, "ref_logprobs_cache": cache_status,
-        "reference": "adapter disabled" if cfg.lora_r else "frozen copy" if has_ref_copy else "none",
+        "data": data_report, "ref_logprobs_cache": reference.cache_status, "reference": reference.kind,
         **{f"initial_{k}": v for k, v in initial_eval.items()},
         **{f"final_{k}": v for k, v in run.last_eval.items()},
         "pairs_per_second": pairs_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
@@ -222,6 +178,68 @@ def train(cfg: DPOConfig) -> Path:
 def _global_mean(acc, sums: dict[str, float], count: int) -> dict[str, float]:
     """Per-process sums -> means over ``count`` items on all processes, in one collective."""
     return {k: v / max(count, 1) for k, v in sum_across(acc, sums).items()}
+
+
+def _data(cfg: DPOConfig, tok):
+    """Tokenised train / eval pairs (detail 1 above), the truncation count, the data report and the
+    held-out prompts the sampled evaluation uses."""
+    train_rows, eval_rows, data_report = load_split(cfg, "pairs", render_chat=chat_renderer(tok))
+    if not train_rows:
+        raise DataError("no preference pairs to train on (every pair is a tie)", source=cfg.data)
+    train_ds, n_trunc = tokenize_pairs(train_rows, tok, max_length=cfg.max_length,
+                                       max_prompt_length=cfg.max_prompt_length)
+    eval_ds = tokenize_pairs(eval_rows, tok, max_length=cfg.max_length,
+                             max_prompt_length=cfg.max_prompt_length)[0] if eval_rows else None
+    sample_prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:cfg.eval_sample_prompts]
+    return train_ds, eval_ds, n_trunc, data_report, sample_prompts
+
+
+class _Reference:
+    """The reference policy (detail 3 above): a frozen copy of the starting model (full fine-tuning),
+    the policy itself with its LoRA adapter disabled, or none (SimPO without a sampled evaluation);
+    its pair log-probs come live or from the fingerprinted cache (detail 4)."""
+
+    def __init__(self, cfg: DPOConfig, acc, tok, *, needs_copy: bool):
+        self.cfg, self.acc, self.tok = cfg, acc, tok
+        self.used = cfg.loss_type not in DPO_REFERENCE_FREE  # simpo trains without one
+        self.copy = None
+        if needs_copy:
+            self.copy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=True)
+            self.copy.eval().requires_grad_(False).to(acc.device)
+        self.kind = "adapter disabled" if cfg.lora_r else "frozen copy" if needs_copy else "none"
+        self.policy = None  # the (prepared) policy, set once it exists: the LoRA reference is inside it
+        self.cache: dict[str, torch.Tensor] | None = None
+        self.cache_status = "off"
+
+    @torch.no_grad()
+    def logps(self, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+        """(2B,) or (S,) summed reference log-probs of the response tokens of ``batch``."""
+        if not self.cfg.lora_r:
+            return sequence_logprobs(self.copy, batch, temperature=temperature)[0]
+        net = self.acc.unwrap_model(self.policy)  # LoRA: the same weights, adapter off, dropout off
+        was_training = net.training
+        net.eval()
+        with net.disable_adapter():
+            lp = sequence_logprobs(net, batch, temperature=temperature)[0]
+        net.train(was_training)
+        return lp
+
+    def precompute(self, splits: dict, collate, run_dir: Path, *, keep_copy: bool) -> None:
+        model = self.copy if self.copy is not None else self.acc.unwrap_model(self.policy)
+        self.cache, self.cache_status = _reference_cache(self.cfg, self.acc, self.tok, splits, model,
+                                                         self.logps, collate, run_dir)
+        if not keep_copy:
+            self.copy = None  # nothing left that needs the reference: free its memory
+
+    def for_pairs(self, split: str, idx: list[int], b: dict):
+        """(B,), (B,) reference log-probs of chosen and rejected: from the cache or live."""
+        if not self.used:
+            return None, None
+        if self.cache is not None:
+            r = self.cache[split][idx].to(self.acc.device)  # (B, 2)
+            return r[:, 0], r[:, 1]
+        with self.acc.autocast():
+            return self.logps(b).chunk(2)
 
 
 # ----------------------------------------------------------------------------- reference cache

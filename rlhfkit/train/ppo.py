@@ -29,17 +29,17 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    full-strength in every group whose task rewards tie); ``scale_rewards: none`` is Dr. GRPO.
    beta is fixed or adaptive (item 16); the
    controller is updated once per step with the batch's mean sequence KL and checkpointed.
-5. Critic (PPO only, :mod:`rlhfkit.rl.critic`): a separate network, ``AutoModelForSequenceClassification`` initialised
-   from the reward model (default) or from the policy with a small fresh head (item 17). Its
-   per-token values are ``head(hidden_states)`` at every position (the reward head applied to
-   the trunk's last hidden states), aligned with the log-probs: the value of position t
-   predicts the return from token t+1 on; the reward model's stored offset / scale are applied
-   to them, so initial values are on the reward's scale (item 5). With LoRA the critic is
-   still a full network. With ``critic: policy_head`` the critic is instead a linear head
-   (d_model -> 1, std 1/sqrt(d+1), bias 0) on the policy's last hidden states: one forward
-   gives logits and values, the loss is the policy loss + ``vf_coef`` * value loss, one
-   optimizer (the policy's) trains both; the head is in the run's checkpoints (resume is
-   exact) but not in the final / best policy directories.
+5. Critic (PPO only, :mod:`rlhfkit.rl.critic`): a separate network,
+   ``AutoModelForSequenceClassification`` initialised from the reward model (default) or from the
+   policy with a small fresh head (item 17). Its per-token values are ``head(hidden_states)`` at
+   every position (the reward head applied to the trunk's last hidden states), aligned with the
+   log-probs: the value of position t predicts the return from token t+1 on; the reward model's
+   stored offset / scale are applied to them, so initial values are on the reward's scale (item 5).
+   With LoRA the critic is still a full network. With ``critic: policy_head`` the critic is instead
+   a linear head (d_model -> 1, std 1/sqrt(d+1), bias 0) on the policy's last hidden states: one
+   forward gives logits and values, the loss is the policy loss + ``vf_coef`` * value loss, one
+   optimizer (the policy's) trains both; the head is in the run's checkpoints (resume is exact) but
+   not in the final / best policy directories.
 6. GAE with gamma 1, lambda 0.95; returns = A + V before whitening; advantages whitened over
    valid tokens only (item 14), with statistics summed over all processes (one all-reduce).
    RLOO / GRPO: the sequence advantage of ``rloo_advantages`` / ``grpo_advantages`` (k samples
@@ -53,7 +53,8 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    process divides its token sum by the global count / world, since DDP averages gradients), so
    N processes update like one process holding the whole minibatch.
 8. Monitors logged every step (item 19, :mod:`rlhfkit.rl.monitors`; one all-reduce for the
-   rollout's metrics and one for the update's, whatever the number of processes): mean sequence KL (sum over tokens of logp - ref_logp),
+   rollout's metrics and one for the update's, whatever the number of processes): mean sequence
+   KL (sum over tokens of logp - ref_logp),
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
    with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
@@ -91,7 +92,8 @@ from rlhfkit.errors import DataError
 from rlhfkit.generation import prompt_ids_for
 from rlhfkit.logprobs import masked_mean, token_logprobs
 from rlhfkit.losses import entropy_from_logits, ppo_policy_loss
-from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer, save_hf
+from rlhfkit.modeling import (apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer,
+                              save_hf)
 from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whiten
 from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, ValueModel, policy_forward
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
@@ -158,7 +160,8 @@ def _models(cfg: PPOConfig, acc, tok, policy, n_optimizer_steps: int):
     critic = HeadCritic(cfg.vf_coef) if head else None
     if cfg.estimator == "ppo" and not head:
         vcfg = cfg.model_copy(update={"learning_rate": cfg.value_learning_rate or cfg.learning_rate})
-        value = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model or cfg.model, tok, dtype=cfg.dtype))
+        source = cfg.value_model or cfg.reward_model or cfg.model
+        value = ValueModel(load_reward_model(source, tok, dtype=cfg.dtype))
         v_opt = make_optimizer(value, vcfg)
         v_sched = make_scheduler(v_opt, vcfg, n_optimizer_steps)
         critic = SeparateCritic(*acc.prepare(value, v_opt, v_sched))
@@ -208,8 +211,9 @@ def _advantages(cfg: PPOConfig, policy, critic, ro, score, kl, seq_kl, mask, bet
     return adv, values, returns
 
 
-def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, critic, ro, adv, values, returns,
-            old_lp, ref_lp, mask, beta: float, reuse_lp: bool) -> tuple[dict[str, float], dict[str, float]]:
+def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, critic, ro, adv, values,
+            returns, old_lp, ref_lp, mask, beta: float,
+            reuse_lp: bool) -> tuple[dict[str, float], dict[str, float]]:
     """Items 7, 12, 15, 20: ``ppo_epochs`` passes of shuffled minibatches, one policy (and critic)
     step each. Returns this process's mean of every update metric and the first minibatch's ratio,
     approx-KL and clip fraction (which must be 1, 0, 0)."""
@@ -233,7 +237,8 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
                 loss = loss + beta * kl_loss
                 pm["kl_loss"] = kl_loss.item()
             with torch.no_grad():
-                pm["entropy"] = masked_mean(entropy_from_logits(logits[:, :-1], cfg.temperature), mb_mask).item()
+                entropy = entropy_from_logits(logits[:, :-1], cfg.temperature)  # (b, T-1)
+                pm["entropy"] = masked_mean(entropy, mb_mask).item()
             pm["pg_loss"] = loss.item()
             if critic is not None:
                 v_term, vm = critic.joint_loss(v, values[mb], returns[mb], mb_mask, clip=cfg.cliprange_value,
@@ -246,7 +251,8 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
                 run.nonfinite(step + 1, pm["pg_loss"])
             if critic is not None:
                 pm.update(critic.step(acc, run, step + 1, ro, mb, values[mb], returns[mb], mb_mask,
-                                      clip=cfg.cliprange_value, num_tokens=n_tok, max_grad_norm=cfg.max_grad_norm))
+                                      clip=cfg.cliprange_value, num_tokens=n_tok,
+                                      max_grad_norm=cfg.max_grad_norm))
             if epoch == 0 and mb_i == 0:  # item 12: must be ratio 1, approx_kl 0, clipfrac 0
                 first = {f"first_{key}": pm[key] for key in ("ratio", "approx_kl", "clipfrac")}
             for key, val in pm.items():
@@ -255,22 +261,42 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
     return {key: v / n_updates for key, v in sums.items()}, first
 
 
-def train(cfg: PPOConfig) -> Path:
-    acc, run_dir = start_run(cfg)
-    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+def _rollout_metrics(ro, proxy, score, seq_kl, gold_fn, k: int) -> dict[str, float]:
+    """This process's means over its rollout (detail 8 above): rewards, length, EOS rate, the
+    diversity monitors, the sequence KL (None while the update still has to produce it) and gold."""
+    local = {"proxy_reward": _mean(proxy.tolist()), "score": _mean(score.tolist()),
+             "response_length": _mean(ro.response_lengths.float().tolist()),
+             "eos_rate": _mean(ro.ended_with_eos.float().tolist()), "distinct_2": distinct_2(ro.response_ids),
+             "top_completion_share": top_completion_share(ro.response_ids),
+             "cross_prompt_similarity": cross_prompt_similarity(ro.response_ids[:64], k)}
+    if seq_kl is not None:
+        local["seq_kl"] = _mean(seq_kl.tolist())
+    if gold_fn:
+        local["gold_reward"] = _mean(gold_fn(ro.prompts, ro.texts))
+    return local
+
+
+def _prompts(cfg: PPOConfig, tok, policy):
+    """Training and evaluation prompts as text and as ids (detail 2 above: tokenised once, one BOS,
+    chat templates respected, cut from the left to fit), and the data report."""
     rows, eval_rows, data_report = load_split(cfg, "prompt", render_chat=chat_renderer(tok))
     prompts = [r["prompt"] for r in rows]
     eval_prompts = [r["prompt"] for r in eval_rows][:cfg.eval_prompts]
     if not prompts:
         raise DataError("no prompts to train on", source=cfg.data)
-    k, world, rank = cfg.samples_per_prompt, acc.num_processes, acc.process_index
-    global_sum = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None  # noqa: E731
-
-    policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
-    # Detail 2 above: prompts tokenised once (one BOS, chat templates respected) and cut to fit.
     fit = dict(max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length)
     prompt_ids = prompt_ids_for(policy, tok, prompts, **fit, what="training prompts")
     eval_ids = prompt_ids_for(policy, tok, eval_prompts, **fit, what="evaluation prompts")
+    return prompts, prompt_ids, eval_prompts, eval_ids, data_report
+
+
+def train(cfg: PPOConfig) -> Path:
+    acc, run_dir = start_run(cfg)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    k, world, rank = cfg.samples_per_prompt, acc.num_processes, acc.process_index
+    global_sum = (lambda t: acc.reduce(t, reduction="sum")) if world > 1 else None  # noqa: E731
+    policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
+    prompts, prompt_ids, eval_prompts, eval_ids, data_report = _prompts(cfg, tok, policy)
     reward_fn = reward_function(cfg, acc.device)
     gold_fn = None
     if cfg.gold_reward:
@@ -279,7 +305,8 @@ def train(cfg: PPOConfig) -> Path:
     global_batch = cfg.prompts_per_device * world
     n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
     n_mb = math.ceil(cfg.prompts_per_device * k / cfg.mini_batch_size)
-    policy, optimizer, scheduler, net, ref, critic = _models(cfg, acc, tok, policy, n_steps * cfg.ppo_epochs * n_mb)
+    n_updates = n_steps * cfg.ppo_epochs * n_mb
+    policy, optimizer, scheduler, net, ref, critic = _models(cfg, acc, tok, policy, n_updates)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else FixedKLController(cfg.kl_coef))
     if world > 1:  # decorrelate the processes' sampling (restored per process on resume)
@@ -325,20 +352,12 @@ def train(cfg: PPOConfig) -> Path:
         old_lp, ref_lp = ro.logprobs, _ref_logprobs(cfg, ref, net, ro)
         kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1); zeros until the update fills old_lp if reuse_lp
         seq_kl, beta = kl.sum(-1), kl_ctl.value
-        local = {"proxy_reward": _mean(proxy.tolist()), "score": _mean(score.tolist()),
-                 "response_length": _mean(ro.response_lengths.float().tolist()),
-                 "eos_rate": _mean(ro.ended_with_eos.float().tolist()), "distinct_2": distinct_2(ro.response_ids),
-                 "top_completion_share": top_completion_share(ro.response_ids),
-                 "cross_prompt_similarity": cross_prompt_similarity(ro.response_ids[:64], k)}
-        if not reuse_lp:
-            local["seq_kl"] = _mean(seq_kl.tolist())
-        if gold_fn:
-            local["gold_reward"] = _mean(gold_fn(ro.prompts, ro.texts))
+        local = _rollout_metrics(ro, proxy, score, None if reuse_lp else seq_kl, gold_fn, k)
         m = {"kl_coef": beta, **mean_across(acc, local)}
         if gold_fn:
             m["proxy_gold_gap"] = m["proxy_reward"] - m["gold_reward"]
             gaps.append(m["proxy_gold_gap"])
-        # Detail 9 above (item 27): keep the weights that produced the best rollout (before this step's update).
+        # Detail 9 above (item 27): keep the weights that produced the best rollout (before this update).
         watched = m.get("gold_reward", m["proxy_reward"])
         if cfg.keep_best and (best["value"] is None or watched > best["value"]):
             best = {"value": watched, "step": step}
@@ -356,7 +375,8 @@ def train(cfg: PPOConfig) -> Path:
         eps_seen += len(score) * world
         done = step + 1
         alarm = check_alarms(cfg, m, gaps, done, collapse) or alarm
-        fired.update({kind: done for kind in ("kl", "gap", "collapse") if m.get(f"alarm_{kind}") and kind not in fired})
+        fired.update({kind: done for kind in ("kl", "gap", "collapse")
+                      if m.get(f"alarm_{kind}") and kind not in fired})
         state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps, "alarms_fired": fired,
                  "collapse_baseline": collapse.baseline}
         if alarm and alarm["action"] == "stop":
@@ -388,6 +408,7 @@ def train(cfg: PPOConfig) -> Path:
         save_hf(net, tok, final)
         write_json(run_dir / "summary.json", summary)
 
-    final_state = None if stopped else {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps,
-                                        "alarms_fired": fired, "collapse_baseline": collapse.baseline}
+    final_state = None if stopped else {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best,
+                                        "gaps": gaps, "alarms_fired": fired,
+                                        "collapse_baseline": collapse.baseline}
     return run.finish(bar, n_steps, final_state, save)

@@ -191,7 +191,8 @@ def evaluate_pairs(model, batches, device) -> dict:
         "eval_accuracy": pair_accuracy(rc_, rr_),
         "eval_ece": expected_calibration_error(rc_, rr_),
         "eval_reward_mean": float(np.mean(rc + rr)), "eval_reward_std": float(np.std(rc + rr)),
-        **{f"eval_{k}": v for k, v in length_bias_audit(rc_, rr_, np.asarray(lc)[keep], np.asarray(lr)[keep]).items()},
+        **{f"eval_{k}": v
+           for k, v in length_bias_audit(rc_, rr_, np.asarray(lc)[keep], np.asarray(lr)[keep]).items()},
     }
     extra = {"reliability_bins": reliability_bins(rc_, rr_)}
     if any(s != 0 for s in strength):
@@ -245,7 +246,8 @@ def _train_one(cfg: RewardConfig) -> Path:
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
         batches = [collate(take(train_ds, mb))
                    for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
-                                           accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
+                                           accumulation=cfg.gradient_accumulation_steps,
+                                           rank=rank, world=world)]
         # Units (pairs, or prompts for rankings) in the whole step on all processes; each micro
         # loss is a mean over its units, re-weighted so the step's gradient is the global mean.
         units = [int(b["num_prompts"]) if "num_prompts" in b else b["margin"].shape[0] for b in batches]
@@ -284,7 +286,8 @@ def _train_one(cfg: RewardConfig) -> Path:
         offset, scale = _normalisation(cfg, net, tok, train_rows, mode, acc.device)
         save_hf(net, tok, final, extra_config={REWARD_OFFSET: offset, REWARD_SCALE: scale})
         write_json(run_dir / "summary.json", {
-            "stage": "reward", "mode": mode, "steps": n_steps, "global_batch": global_batch, "processes": world,
+            "stage": "reward", "mode": mode, "steps": n_steps, "global_batch": global_batch,
+            "processes": world,
             "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
             "data": data_report, "initial": initial_eval, "final": run.last_eval,
             "reward_offset": offset, "reward_scale": scale,
@@ -293,14 +296,16 @@ def _train_one(cfg: RewardConfig) -> Path:
     return run.finish(bar, n_steps, {"final": True}, save)
 
 
-def _normalisation(cfg: RewardConfig, model, tok, train_rows: list[dict], mode: str, device) -> tuple[float, float]:
+def _normalisation(cfg: RewardConfig, model, tok, train_rows: list[dict], mode: str,
+                   device) -> tuple[float, float]:
     """Offset/scale that give mean 0 (std 1) on responses of the RL starting policy (item 5)."""
     if cfg.normalize == "none":
         return 0.0, 1.0
     from rlhfkit.data.collate import encode_prompt_response
 
     if cfg.normalize_data:
-        rows, _ = load_rows(cfg.normalize_data, "sft", render_chat=chat_renderer(tok), skip_invalid=cfg.skip_invalid)
+        rows, _ = load_rows(cfg.normalize_data, "sft", render_chat=chat_renderer(tok),
+                            skip_invalid=cfg.skip_invalid)
         texts = [(r["prompt"], r["completion"]) for r in rows]
     elif mode == "ranking":
         texts = [(r["prompt"], x) for r in train_rows for x in r["responses"]]
@@ -310,8 +315,8 @@ def _normalisation(cfg: RewardConfig, model, tok, train_rows: list[dict], mode: 
     rng = np.random.default_rng(cfg.seed)
     if len(texts) > cfg.normalize_samples:
         texts = [texts[i] for i in sorted(rng.choice(len(texts), cfg.normalize_samples, replace=False))]
-    pairs = encode_prompt_response(tok, [p for p, _ in texts], [x for _, x in texts], max_length=cfg.max_length,
-                                   max_prompt_length=cfg.max_prompt_length)
+    pairs = encode_prompt_response(tok, [p for p, _ in texts], [x for _, x in texts],
+                                   max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     model.eval()
     scores = score_encoded(model, pairs, tok.pad_token_id, batch_size=cfg.eval_batch_size, device=device)
     offset = float(np.mean(scores))

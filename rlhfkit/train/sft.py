@@ -100,7 +100,8 @@ def train(cfg: SFTConfig) -> Path:
         idx = batch_indices(step, n_examples=len(train_ds), global_batch=global_batch, seed=cfg.seed)
         batches = [collate(take(train_ds, mb))
                    for mb in micro_batches(idx, per_device=cfg.per_device_batch_size,
-                                           accumulation=cfg.gradient_accumulation_steps, rank=rank, world=world)]
+                                           accumulation=cfg.gradient_accumulation_steps,
+                                           rank=rank, world=world)]
         # Detail 3 above: normalise by the loss-token count of the whole step on all processes. DDP
         # averages gradients over processes, hence the factor `world`.
         local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
@@ -130,7 +131,8 @@ def train(cfg: SFTConfig) -> Path:
     summary = {
         "stage": "sft", "steps": n_steps, "global_batch": global_batch, "processes": world,
         "train_examples": len(train_ds), "eval_examples": len(eval_ds) if eval_ds is not None else 0,
-        "dropped_after_truncation": n_trunc, "data": data_report, "initial_eval_loss": initial_eval.get("eval_loss"),
+        "dropped_after_truncation": n_trunc, "data": data_report,
+        "initial_eval_loss": initial_eval.get("eval_loss"),
         **{f"final_{k}": v for k, v in run.last_eval.items()},
         "tokens_per_second": tokens_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
     }

@@ -236,7 +236,8 @@ def _health_table(evaluation: dict, health: dict[str, dict]) -> list[str]:
         top = m.get("top_completion")
         top_s = "–" if top is None else f"{_cell(top[:80])} ({_fmt(m.get('top_completion_share'), 2)})"
         alarms = ", ".join(f"{k} at step {v}" for k, v in (h.get("alarms_fired") or {}).items()) or "none"
-        lines.append(f"| {_cell(name)} | **{h.get('verdict', '–')}** | {_fmt(h.get('distinct_2_vs_reference'), 2)} "
+        lines.append(f"| {_cell(name)} | **{h.get('verdict', '–')}** "
+                     f"| {_fmt(h.get('distinct_2_vs_reference'), 2)} "
                      f"| {_fmt(h.get('length_vs_reference'), 2)} | {top_s} | {alarms} "
                      f"| {_cell('; '.join(h.get('reasons', [])) or '–')} |")
     return lines
@@ -262,7 +263,8 @@ def _final_table(evaluation: dict, health: dict[str, dict] | None = None) -> lis
                     _fmt(m.get("format_rate"), 2)]
         row += [_pm(m.get("kl"), m.get("kl_se"), 2)]
         if has_rm:
-            row += [_pm(m.get("rm_mean"), m.get("rm_std")), _pm(m.get("rm_win_rate"), m.get("rm_win_rate_se"))]
+            row += [_pm(m.get("rm_mean"), m.get("rm_std")),
+                    _pm(m.get("rm_win_rate"), m.get("rm_win_rate_se"))]
         verdict = ((health or {}).get(name) or m.get("health") or {}).get("verdict", "–")
         row += [_fmt(m.get("length_tokens"), 1), _fmt(m.get("length_words"), 1), _fmt(m.get("distinct_1")),
                 _fmt(m.get("distinct_2")), _fmt(m.get("eos_rate"), 2), verdict]
@@ -286,12 +288,12 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 def _samples_section(evaluation: dict) -> list[str]:
     lines = []
     for j, entry in enumerate(evaluation.get("samples", []), start=1):
-        lines += [f"### Prompt {j}: `{_cell(entry['prompt'])}`", "", "| policy | completion | gold | RM | EOS |",
-                  "|---|---|---|---|---|"]
+        lines += [f"### Prompt {j}: `{_cell(entry['prompt'])}`", "",
+                  "| policy | completion | gold | RM | EOS |", "|---|---|---|---|---|"]
         for name, shown in entry["completions"].items():
             for s in shown:
-                lines.append(f"| {_cell(name)} | {_cell(s['text'])} | {_fmt(s.get('gold'))} | {_fmt(s.get('rm'))} "
-                             f"| {'yes' if s.get('ended_with_eos') else 'no'} |")
+                lines.append(f"| {_cell(name)} | {_cell(s['text'])} | {_fmt(s.get('gold'))} "
+                             f"| {_fmt(s.get('rm'))} | {'yes' if s.get('ended_with_eos') else 'no'} |")
         lines.append("")
     return lines
 
@@ -316,10 +318,12 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
 
     ref = evaluation.get("reference", "reference")
     md = [f"# {title}", ""]
-    md += [f"{evaluation.get('prompts', '?')} held-out prompts x {evaluation.get('num_samples', 1)} sample(s) per "
-           f"policy (temperature {evaluation.get('temperature', '?')}, at most {evaluation.get('max_new_tokens', '?')} "
-           f"new tokens, seed {evaluation.get('seed', '?')}); every policy sampled the same prompts. "
-           f"Win rates pair each sample with the reference ({ref}) sample of the same prompt, ties count half, "
+    md += [f"{evaluation.get('prompts', '?')} held-out prompts x {evaluation.get('num_samples', 1)} "
+           f"sample(s) per policy (temperature {evaluation.get('temperature', '?')}, at most "
+           f"{evaluation.get('max_new_tokens', '?')} new tokens, seed {evaluation.get('seed', '?')}); every "
+           "policy sampled the same prompts. "
+           f"Win rates pair each sample with the reference ({ref}) sample of the same prompt, ties count "
+           "half, "
            "± one standard error. KL is the sequence KL(policy || reference) estimated from the policy's own "
            f"samples. Reward model: {evaluation.get('reward_model') or 'none'}.", ""]
 
@@ -337,8 +341,8 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
     md += img(fr, "reward vs KL frontier")
     if points:
         md += ["| method | label | KL | gold | proxy |", "|---|---|---|---|---|"]
-        md += [f"| {_cell(str(p.get('method', '')))} | {_cell(str(p.get('label', '')))} | {_fmt(p.get('kl'), 2)} "
-               f"| {_fmt(p.get('gold'))} | {_fmt(p.get('proxy'))} |" for p in points]
+        md += [f"| {_cell(str(p.get('method', '')))} | {_cell(str(p.get('label', '')))} "
+               f"| {_fmt(p.get('kl'), 2)} | {_fmt(p.get('gold'))} | {_fmt(p.get('proxy'))} |" for p in points]
         md.append("")
     if fr is None:
         md += ["(no point has both a KL and a reward: nothing to plot)", ""]
@@ -369,16 +373,16 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
 
     if reward_runs:
         md += ["## Reward models: accuracy, calibration, length bias", "",
-               "| reward model | pairs | accuracy | ECE | length corr | acc (chosen longer) | acc (chosen shorter) "
-               "| length gap |", "|---|---|---|---|---|---|---|---|"]
+               "| reward model | pairs | accuracy | ECE | length corr | acc (chosen longer) "
+               "| acc (chosen shorter) | length gap |", "|---|---|---|---|---|---|---|---|"]
         diagrams = []
         for name, run_dir in reward_runs.items():
             for member, ev in _reward_evals(Path(run_dir)):
                 label = f"{name} {member}".strip()
-                md.append(f"| {_cell(label)} | {_fmt(ev.get('eval_pairs'))} | {_fmt(ev.get('eval_accuracy'))} "
-                          f"| {_fmt(ev.get('eval_ece'))} | {_fmt(ev.get('eval_length_corr'))} "
-                          f"| {_fmt(ev.get('eval_acc_chosen_longer'))} | {_fmt(ev.get('eval_acc_chosen_shorter'))} "
-                          f"| {_fmt(ev.get('eval_length_gap'))} |")
+                cells = [_cell(label)] + [_fmt(ev.get(f"eval_{k}")) for k in (
+                    "pairs", "accuracy", "ece", "length_corr", "acc_chosen_longer", "acc_chosen_shorter",
+                    "length_gap")]
+                md.append("| " + " | ".join(cells) + " |")
                 if ev.get("reliability_bins"):
                     p = plot_reliability(ev["reliability_bins"], plots / f"reliability_{_slug(label)}.png",
                                          f"{label}: ECE {_fmt(ev.get('eval_ece'))}")

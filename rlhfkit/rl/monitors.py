@@ -22,7 +22,8 @@ def gap_widening(gaps: list[float], n: int) -> bool:
     return bool(n) and len(gaps) > n and all(gaps[-i] > gaps[-i - 1] for i in range(1, n + 1))
 
 
-def check_alarms(cfg, m: dict, gaps: list[float], step: int, collapse: "CollapseWatch | None" = None) -> dict | None:
+def check_alarms(cfg, m: dict, gaps: list[float], step: int,
+                 collapse: "CollapseWatch | None" = None) -> dict | None:
     """The alarm raised at ``step`` (dict with its ``kind`` and ``action``: warn / stop), or None.
     Marks the step's metrics with ``alarm_kl`` / ``alarm_gap`` / ``alarm_collapse`` and logs
     ``collapse_ratio``; when several fire, a stopping one wins, else the last."""
@@ -30,15 +31,18 @@ def check_alarms(cfg, m: dict, gaps: list[float], step: int, collapse: "Collapse
     if collapse is not None:
         m["collapse_ratio"], reasons = collapse.check(m)
         if reasons and cfg.collapse_alarm != "off":
-            alarms.append({"kind": "collapse", "step": step, "reasons": reasons, "action": cfg.collapse_alarm})
+            alarms.append({"kind": "collapse", "step": step, "reasons": reasons,
+                           "action": cfg.collapse_alarm})
             if not collapse.warned:  # once: later steps carry alarm_collapse in the metrics
                 collapse.warned = True
                 log.warning("step %d: mode collapse: %s (%s)", step, "; ".join(reasons), cfg.collapse_alarm)
             m["alarm_collapse"] = 1
     alarm = None
     if cfg.max_kl is not None and m["seq_kl"] > cfg.max_kl:
-        alarm = {"kind": "kl", "step": step, "seq_kl": m["seq_kl"], "max_kl": cfg.max_kl, "action": cfg.kl_alarm}
-        log.warning("step %d: sequence KL %.4f above max_kl %.4f (%s)", step, m["seq_kl"], cfg.max_kl, cfg.kl_alarm)
+        alarm = {"kind": "kl", "step": step, "seq_kl": m["seq_kl"], "max_kl": cfg.max_kl,
+                 "action": cfg.kl_alarm}
+        log.warning("step %d: sequence KL %.4f above max_kl %.4f (%s)", step, m["seq_kl"], cfg.max_kl,
+                    cfg.kl_alarm)
         m["alarm_kl"] = 1
     n = cfg.gap_alarm_steps
     if gap_widening(gaps, n):

@@ -49,7 +49,7 @@ def main() -> None:
     run = out / "ppo_kl0"
     ppo_train(PPOConfig(
         model=str(sft), data=str(world / "prompts.jsonl"), eval_data=str(world / "prompts_eval.jsonl"),
-        output_dir=str(run), reward_model=str(rm), kl_coef=0.0, gold_reward=True, gap_alarm_steps=3,
+        output_dir=str(run), reward_model=str(rm), kl_coef=0.0, gold="synthetic", gap_alarm_steps=3,
         gap_alarm="warn", learning_rate=5e-4, prompts_per_device=32, mini_batch_size=16, ppo_epochs=2,
         max_new_tokens=32, max_length=96, max_steps=args.steps, log_every=1, eval_prompts=0, resume=True))
 

@@ -60,11 +60,11 @@ def demo_pipeline(output: str | Path, quick: bool) -> dict:
                        "mini_batch_size": 16,
                        "ppo_epochs": 2, **gen, "max_steps": 16, "log_every": 1,
                        "eval_data": f"{w}/prompts_eval.jsonl", "eval_prompts": 32 if quick else 64,
-                       "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold_reward": True}},
+                       "eval_every": 5 if quick else 4, "eval_num_samples": 2, "gold": "synthetic"}},
         "dpo": {"dpo": {"beta": 0.1, "learning_rate": 5e-4, "per_device_batch_size": 16,
                         "max_steps": 100 if quick else 160, "max_length": 96, "warmup_ratio": 0.1,
                         "log_every": 10,
-                        "eval_every": 50 if quick else 40, "eval_sample_prompts": 30, "gold_reward": True}},
+                        "eval_every": 50 if quick else 40, "eval_sample_prompts": 30, "gold": "synthetic"}},
         "evaluate": {"prompts": f"{w}/prompts_eval.jsonl", "num_prompts": 100, "num_samples": 4,
                      "max_new_tokens": 48},
     }

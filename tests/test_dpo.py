@@ -277,7 +277,7 @@ def test_dpo_raises_gold_reward_with_kl_reported(world, sft_model, rich_prefs, t
 
     cfg = cfg_for(sft_model, rich_prefs, tmp_path / "dpo", per_device_batch_size=16, max_steps=100, beta=0.1,
                   learning_rate=2e-4, warmup_ratio=0.1, log_every=10, eval_sample_prompts=30,
-                  gold_reward=True)
+                  gold="synthetic")
     final = train(cfg)
     s = json.loads((tmp_path / "dpo" / "summary.json").read_text())
     assert s["initial_eval_kl"] == pytest.approx(0.0, abs=1e-4)  # samples of the reference itself

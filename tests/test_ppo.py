@@ -25,7 +25,7 @@ def cfg_for(world: Path, sft_model: Path, out: Path, **kw) -> PPOConfig:
     base = {"model": str(sft_model), "data": str(world / "prompts.jsonl"),
             "eval_data": str(world / "prompts_eval.jsonl"),
             "output_dir": str(out), "reward_functions": ["gold"],
-            "gold_reward": True, "learning_rate": 5e-4, "prompts_per_device": 32, "mini_batch_size": 16,
+            "gold": "synthetic", "learning_rate": 5e-4, "prompts_per_device": 32, "mini_batch_size": 16,
             "ppo_epochs": 2, "max_new_tokens": 32, "max_length": 96, "max_steps": 8, "log_every": 1,
             "eval_prompts": 64, "eval_num_samples": 4, "seed": 0}
     base.update(kw)
@@ -240,7 +240,7 @@ def test_gap_alarm_stops_a_hacked_run(world, sft_model, tmp_path):
     # 32 prompts a step: with 8 the proxy is too noisy to widen the gap twice in a row before the
     # hack takes off (measured gaps 1.04, 1.14, 1.02, 1.50, 2.39 -> stop at step 5, seed 0).
     train(cfg_for(world, sft_model, tmp_path, reward_functions=["test_ppo:length_reward"], max_steps=12,
-                  prompts_per_device=32, eval_prompts=0, gold_reward=True, gap_alarm_steps=2,
+                  prompts_per_device=32, eval_prompts=0, gold="synthetic", gap_alarm_steps=2,
                   gap_alarm="stop", kl_coef=0.0))
     s = summary(tmp_path)
     rows = [r for r in read_metrics(tmp_path) if "proxy_gold_gap" in r]

@@ -14,8 +14,8 @@ on it. All validation happens in :mod:`rlhfkit.config.loading`, before a stage l
 Importing this package does not import torch (the CLI builds its --help from it).
 """
 
-from rlhfkit.config.base import (REWARD_FN, BaseConfig, RunConfig, check_model_path, check_reward_spec,
-                                 planned_paths)
+from rlhfkit.config.base import (REWARD_FN, BaseConfig, RunConfig, check_gold_spec, check_model_path,
+                                 check_reward_spec, planned_paths)
 from rlhfkit.config.feedback import CollectConfig, LabelExportConfig, LabelServeConfig, LabelSimulateConfig
 from rlhfkit.config.loading import (config_from_dict, describe_fields, load_config, parse_overrides,
                                     read_yaml, save_config)
@@ -28,7 +28,8 @@ from rlhfkit.config.train import (DPOConfig, MicroBatchConfig, PairTrainConfig, 
                                   SFTConfig, TrainConfig)
 
 __all__ = [
-    "REWARD_FN", "BaseConfig", "RunConfig", "check_model_path", "check_reward_spec", "planned_paths",
+    "REWARD_FN", "BaseConfig", "RunConfig", "check_gold_spec", "check_model_path", "check_reward_spec",
+    "planned_paths",
     "TrainConfig", "MicroBatchConfig", "SFTConfig", "PairTrainConfig", "RewardConfig", "DPOConfig",
     "ScoreConfig", "PPOConfig",
     "CollectConfig", "LabelSimulateConfig", "LabelExportConfig", "LabelServeConfig",

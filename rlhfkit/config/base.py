@@ -74,6 +74,34 @@ def check_reward_spec(value: str, key: str) -> str:
     return value
 
 
+GOLD_FORMS = "'synthetic', 'module:function' (e.g. my_pkg.judge:score) or a reward-model directory"
+# The one message for the boolean gold keys of earlier versions (`gold_reward: true`, `gold: true`).
+GOLD_RENAMED = "use gold: synthetic (or module:function, or a reward-model directory)"
+
+
+def check_gold_spec(value: Any, key: str = "gold") -> str | None:
+    """A gold spec (rlhfkit/gold.py): None, "synthetic", "module:function" (imported when the stage
+    runs, not here) or a reward-model directory that exists or that a pipeline plans."""
+    if value is None:
+        return None
+    if isinstance(value, bool):  # `gold: true` was the synthetic world's gold before gold took a spec
+        raise ValueError(f"{key}: true/false is no longer a value: {GOLD_RENAMED}; null for none")
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be {GOLD_FORMS}, got {value!r}")
+    if value == "synthetic" or REWARD_FN.match(value):
+        return value
+    path = check_model_path(value, key)  # a local-looking path that does not exist fails here
+    if is_planned(path):
+        return path
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{key}: '{value}' has no config.json: not a reward-model directory")
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{key}: '{value}' is a file, not a reward-model directory")
+    raise ValueError(f"{key} must be {GOLD_FORMS}; '{value}' is none of them (no such directory)")
+
+
 def misplaced_key(keys: list[str], message: str) -> PydanticCustomError:
     """The error for ``keys`` that are known but do not belong here; ``message`` says why."""
     return PydanticCustomError(MISPLACED_KEY, "{message}", {"keys": keys, "message": message})

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from rlhfkit.config.base import BaseConfig, RunConfig, misplaced_key
+from rlhfkit.config.base import BaseConfig, RunConfig, check_gold_spec, misplaced_key
 from rlhfkit.config.feedback import CollectConfig, LabelExportConfig, LabelSimulateConfig
 from rlhfkit.config.rl import PPOConfig
 from rlhfkit.config.tools import SynthConfig
@@ -117,8 +117,19 @@ class EvaluateSection(Section):
     max_new_tokens: int = Field(48, gt=0)
     """Maximum new tokens per completion."""
 
-    gold: bool | None = None
-    """Add the synthetic world's gold reward; default: when there is a `world` section."""
+    gold: str | None = None
+    """Gold reward of the final evaluation (`rlhf evaluate`'s `gold`): 'synthetic', 'module:function'
+    with signature (prompts, completions) -> list[float] (TRL's reward_funcs signature, with
+    **kwargs, works too) or a reward-model directory (a held-out judge); null for none. Default:
+    'synthetic' when there is a `world` section, else none. A directory is checked when the plan
+    is built (it may be under ${world})."""
+
+    @field_validator("gold", mode="before")
+    @classmethod
+    def _gold_form(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # the form only; a directory is checked by the plan, ${world} resolved
+            check_gold_spec(v, "gold")
+        return v
 
 
 class PipelineConfig(RunConfig):

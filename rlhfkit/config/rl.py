@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhfkit.config.base import REWARD_FN, Alarm, LrScheduler, check_model_path
+from rlhfkit.config.base import GOLD_RENAMED, REWARD_FN, Alarm, LrScheduler, check_gold_spec, check_model_path
 from rlhfkit.config.train import TrainConfig
 
 _TRUNCATED_SAMPLING = ("RL rollouts sample from the full temperature softmax, whose log-probs are the "
@@ -28,6 +28,7 @@ class PPOConfig(TrainConfig):
         "gradient_accumulation_steps": "PPO does not accumulate: it takes one optimizer step per minibatch "
                                        "of mini_batch_size episodes (set mini_batch_size / ppo_epochs)",
         "eval_batch_size": "PPO samples each process's evaluation prompts in one batch (see eval_prompts)",
+        "gold_reward": GOLD_RENAMED,
     }
 
     output_dir: str = "runs/ppo"
@@ -143,8 +144,12 @@ class PPOConfig(TrainConfig):
     vf_coef: float = Field(0.1, ge=0.0)
     """Weight of the value loss in the policy loss with `critic: policy_head`."""
 
-    gold_reward: bool = False
-    """Also score every rollout with the synthetic gold reward and log gold and proxy - gold gap."""
+    gold: str | None = None
+    """Gold reward to monitor, never trained on: every rollout and evaluation is also scored with it,
+    logging gold_reward, proxy_gold_gap and eval_gold (and keep_best / the gap alarm use it).
+    'synthetic' (the synthetic world's gold), 'module:function' with signature (prompts, completions)
+    -> list[float] (TRL's reward_funcs signature, with **kwargs, works too), or a reward-model
+    directory from `rlhf reward` used as a held-out judge (its stored offset/scale applied)."""
 
     max_kl: float | None = Field(None, gt=0.0)
     """Alarm when the mean sequence KL to the reference exceeds this; null disables."""
@@ -154,7 +159,7 @@ class PPOConfig(TrainConfig):
 
     gap_alarm_steps: int = Field(0, ge=0)
     """Alarm when the proxy - gold reward gap widens this many steps in a row (reward hacking;
-    needs `gold_reward`); 0 disables."""
+    needs `gold`); 0 disables."""
 
     gap_alarm: Alarm = "warn"
     """What the gap alarm does: log a warning, or stop the run (checkpoint and best/ kept)."""
@@ -168,10 +173,10 @@ class PPOConfig(TrainConfig):
     """Fraction of the starting diversity below which the collapse alarm fires (see `collapse_alarm`)."""
 
     keep_best: bool = True
-    """Save the policy of the best rollout (gold reward if `gold_reward`, else proxy) to best/."""
+    """Save the policy of the best rollout (gold reward with `gold`, else proxy) to best/."""
 
     eval_prompts: int = Field(32, ge=0)
-    """Held-out prompts sampled at each evaluation (proxy, and gold with `gold_reward`); 0 disables."""
+    """Held-out prompts sampled at each evaluation (proxy, and gold with `gold`); 0 disables."""
 
     eval_num_samples: int = Field(1, gt=0)
     """Samples per held-out prompt at each evaluation (more samples, less noisy eval means)."""
@@ -184,6 +189,11 @@ class PPOConfig(TrainConfig):
     @classmethod
     def _rm_exists(cls, v: str | None, info: Any) -> str | None:
         return None if v is None else check_model_path(v, info.field_name)
+
+    @field_validator("gold", mode="before")
+    @classmethod
+    def _gold_spec(cls, v: object) -> str | None:
+        return check_gold_spec(v, "gold")
 
     @field_validator("reward_functions")
     @classmethod

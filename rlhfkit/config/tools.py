@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhfkit.config.base import BaseConfig, RunConfig, check_model_path
+from rlhfkit.config.base import BaseConfig, RunConfig, check_gold_spec, check_model_path
 
 
 class SynthConfig(RunConfig):
@@ -94,8 +94,12 @@ class EvaluateConfig(RunConfig):
     reward_model: str | None = None
     """Reward model directory (from `rlhf reward`) giving the proxy score; none when unset."""
 
-    gold: bool = True
-    """Add the synthetic world's gold reward, gold win rate and completion-format rate."""
+    gold: str | None = "synthetic"
+    """Gold reward that scores every sample (gold mean, gold win rate vs the reference, the frontier;
+    null for none): 'synthetic' (the synthetic world's gold; also the completion-format rate),
+    'module:function' with signature (prompts, completions) -> list[float] (TRL's reward_funcs
+    signature, with **kwargs, works too), or a reward-model directory from `rlhf reward` used as a
+    held-out judge (its stored offset/scale applied)."""
 
     num_samples: int = Field(1, gt=0)
     """Completions sampled per prompt and policy."""
@@ -135,6 +139,11 @@ class EvaluateConfig(RunConfig):
     @classmethod
     def _rm_exists(cls, v: str | None) -> str | None:
         return None if v is None else check_model_path(v, "reward_model")
+
+    @field_validator("gold", mode="before")
+    @classmethod
+    def _gold_spec(cls, v: object) -> str | None:
+        return check_gold_spec(v, "gold")
 
     @field_validator("prompts", "agreement")
     @classmethod

@@ -4,11 +4,12 @@ the fields every training stage shares (`TrainConfig`, also the base of PPO in r
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhfkit.config.base import BaseConfig, LrScheduler, RunConfig, check_model_path
+from rlhfkit.config.base import (GOLD_RENAMED, BaseConfig, LrScheduler, RunConfig, check_gold_spec,
+                                 check_model_path)
 
 
 class TrainConfig(RunConfig):
@@ -239,6 +240,8 @@ class RewardConfig(PairTrainConfig):
 class DPOConfig(PairTrainConfig):
     """Direct preference optimisation and its variants (`rlhf dpo`)."""
 
+    removed_keys: ClassVar[dict[str, str]] = {"gold_reward": GOLD_RENAMED}
+
     output_dir: str = "runs/dpo"
     """Run directory: resolved config, metrics.jsonl, checkpoints, reference log-prob cache, final
     model, summary.json."""
@@ -281,8 +284,16 @@ class DPOConfig(PairTrainConfig):
     """Sampling temperature of evaluation samples; the KL is between the policy and reference
     distributions at this temperature (logits divided by it in both)."""
 
-    gold_reward: bool = False
-    """Score evaluation samples with the synthetic world's gold reward (synthetic data only)."""
+    gold: str | None = None
+    """Gold reward of the evaluation samples (`eval_sample_prompts`), logged as eval_gold: 'synthetic'
+    (the synthetic world's gold), 'module:function' with signature (prompts, completions) ->
+    list[float] (TRL's reward_funcs signature, with **kwargs, works too), or a reward-model directory
+    from `rlhf reward` used as a held-out judge (its stored offset/scale applied)."""
+
+    @field_validator("gold", mode="before")
+    @classmethod
+    def _gold_spec(cls, v: object) -> str | None:
+        return check_gold_spec(v, "gold")
 
     @model_validator(mode="after")
     def _variant_keys_fit_loss_type(self) -> DPOConfig:

@@ -16,6 +16,10 @@ DPO checkpoint. Implementation details that decide whether the numbers can be co
    reference scores every other policy's samples; then the reward model scores all texts.
 5. Distinct-n counts word n-grams inside each completion over all completions (Li et al. 2016):
    words, not token ids, so policies with different tokenizers stay comparable.
+6. The gold reward is the user's choice (:mod:`rlhfkit.gold`): the synthetic world's, a
+   ``module:function`` or a held-out reward-model directory; it scores every policy's samples after
+   the proxy, and the result names it (``gold``). The completion-format rate is the synthetic
+   grammar's, so only the synthetic gold adds it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.evaluate.metrics import health_verdict
+from rlhfkit.config.base import check_gold_spec
+from rlhfkit.gold import describe_gold, gold_kind, resolve_gold
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +104,22 @@ def _sequence_logps(model, rows: list[dict], pad_id: int, *, temperature: float,
 
 
 def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, reference: str,
-                      reward_model: str | Path | None = None, gold: bool = True, num_samples: int = 1,
-                      max_new_tokens: int = 48, temperature: float = 1.0, max_length: int = 128,
-                      seed: int = 0, batch_size: int = 64) -> dict:
+                      reward_model: str | Path | None = None, gold: str | None = "synthetic",
+                      num_samples: int = 1, max_new_tokens: int = 48, temperature: float = 1.0,
+                      max_length: int = 128, seed: int = 0, batch_size: int = 64) -> dict:
     """Sample ``num_samples`` completions per prompt from each policy and measure them.
 
     ``policies`` maps a display name to a Hugging Face model directory; ``reference`` names the
     entry (the SFT model) that win rates and KL are measured against. ``reward_model`` (a
     directory written by `rlhf reward`) adds the proxy score, with its stored offset/scale;
-    ``gold`` adds the synthetic world's gold reward and completion-format rate.
+    ``gold`` (a spec of :func:`rlhfkit.gold.resolve_gold`: "synthetic", "module:function" or a
+    reward-model directory; None for none) adds the gold reward and the gold win rate, and the
+    synthetic gold also the completion-format rate.
 
-    Returns a JSON-serialisable dict: run settings, ``policies`` (name -> flat metrics: gold_*,
-    rm_*, win_rate(_se), rm_win_rate(_se), kl(_se), length_tokens, length_words, distinct_1/2,
-    eos_rate, format_rate) and ``samples`` (the first prompts with each policy's completions).
+    Returns a JSON-serialisable dict: run settings, ``gold`` (what the gold was, or None),
+    ``policies`` (name -> flat metrics: gold_*, rm_*, win_rate(_se), rm_win_rate(_se), kl(_se),
+    length_tokens, length_words, distinct_1/2, eos_rate, format_rate) and ``samples`` (the first
+    prompts with each policy's completions).
     """
     if reference not in policies:
         raise ConfigError(f"reference: '{reference}' is not one of the policies ({', '.join(policies)})")
@@ -120,6 +129,14 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
         raise ConfigError("temperature: must be > 0 (the KL estimate needs sampled, not greedy, completions)")
     if num_samples < 1:
         raise ConfigError("num_samples: must be >= 1")
+    gold_fn = None
+    if gold is not None:
+        try:
+            gold = check_gold_spec(gold, "gold")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if gold_kind(gold) != "reward_model":  # a function that cannot be imported fails before sampling
+            gold_fn = resolve_gold(gold)
     # Prompt-major: sample k of prompt j is row j * num_samples + k for every policy.
     expanded = [p for p in prompts for _ in range(num_samples)]
     device = _device()
@@ -128,13 +145,15 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
     samples, own_logps, tokenizers = _sample_all(policies, expanded, device, gen)
     kl = _kl_to_reference(policies, reference, samples, own_logps, tokenizers, device, gen)
     rm = _reward_model_scores(reward_model, samples, device, max_length, batch_size) if reward_model else {}
-    golds, fmt = _gold_scores(samples) if gold else ({}, {})
+    golds, fmt = _gold_scores(gold, gold_fn, samples, device, max_length, batch_size) if gold else ({}, {})
 
     results: dict[str, dict] = {}
     for name, rows in samples.items():
         m: dict[str, Any] = {"path": str(policies[name]), "n": len(rows)}
         if gold:
-            m.update(_vs_reference("gold", golds[name], golds[reference]), format_rate=fmt[name])
+            m.update(_vs_reference("gold", golds[name], golds[reference]))
+        if name in fmt:
+            m["format_rate"] = fmt[name]
         if reward_model is not None:
             m.update(_vs_reference("rm", rm[name], rm[reference]))
         m.update(_sample_stats(rows, kl[name]))
@@ -144,7 +163,7 @@ def evaluate_policies(policies: dict[str, str | Path], prompts: list[str], *, re
 
     return {"reference": reference, "prompts": len(prompts), "num_samples": num_samples,
             "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-            "reward_model": None if reward_model is None else str(reward_model), "gold": gold,
+            "reward_model": None if reward_model is None else str(reward_model), "gold": describe_gold(gold),
             "policies": results, "samples": _side_by_side(prompts, num_samples, samples, golds, rm)}
 
 
@@ -212,15 +231,23 @@ def _reward_model_scores(reward_model, samples: dict[str, list[dict]], device, m
     return rm
 
 
-def _gold_scores(samples: dict[str, list[dict]]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The synthetic world's gold reward and completion-format rate."""
-    from rlhfkit.synthetic.gold import gold_reward_fn
+def _gold_scores(gold: str, gold_fn, samples: dict[str, list[dict]], device, max_length: int,
+                 batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Detail 6 above: the gold reward of every sample (a reward-model gold is loaded here, after
+    the policies and the proxy are freed), and (synthetic gold only) each policy's completion-format
+    rate."""
     from rlhfkit.synthetic.grammar import follows_format
 
+    if gold_fn is None:
+        gold_fn = resolve_gold(gold, device=device, max_length=max_length, batch_size=batch_size)
     golds, fmt = {}, {}
     for name, rows in samples.items():
-        golds[name] = np.asarray(gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows]))
-        fmt[name] = float(np.mean([r["ended_with_eos"] and follows_format(r["completion"]) for r in rows]))
+        golds[name] = np.asarray(gold_fn([r["prompt"] for r in rows], [r["completion"] for r in rows]))
+        if gold == "synthetic":
+            fmt[name] = float(np.mean([r["ended_with_eos"] and follows_format(r["completion"])
+                                       for r in rows]))
+    del gold_fn
+    _free()
     return golds, fmt
 
 

@@ -243,14 +243,22 @@ def _health_table(evaluation: dict, health: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _gold_name(evaluation: dict) -> str:
+    """What the gold was (evaluation["gold"]: rlhfkit.gold.describe_gold's string; True in files
+    written before gold took a spec)."""
+    gold = evaluation.get("gold")
+    return gold if isinstance(gold, str) else ("synthetic world gold" if gold else "none")
+
+
 def _final_table(evaluation: dict, health: dict[str, dict] | None = None) -> list[str]:
     ref = evaluation.get("reference", "reference")
     pols = evaluation.get("policies", {})
     has_gold = any("gold_mean" in m for m in pols.values())
+    has_format = any("format_rate" in m for m in pols.values())  # the synthetic gold's grammar only
     has_rm = any("rm_mean" in m for m in pols.values())
     head = ["policy"]
     if has_gold:
-        head += ["gold reward", f"gold win-rate vs {ref}", "format"]
+        head += ["gold reward", f"gold win-rate vs {ref}"] + (["format"] if has_format else [])
     head += [f"KL to {ref} (nats)"]
     if has_rm:
         head += ["RM score", f"RM win-rate vs {ref}"]
@@ -259,8 +267,8 @@ def _final_table(evaluation: dict, health: dict[str, dict] | None = None) -> lis
     for name, m in pols.items():
         row = [_cell(name)]
         if has_gold:
-            row += [_pm(m.get("gold_mean"), m.get("gold_std")), _pm(m.get("win_rate"), m.get("win_rate_se")),
-                    _fmt(m.get("format_rate"), 2)]
+            row += [_pm(m.get("gold_mean"), m.get("gold_std")), _pm(m.get("win_rate"), m.get("win_rate_se"))]
+            row += [_fmt(m.get("format_rate"), 2)] if has_format else []
         row += [_pm(m.get("kl"), m.get("kl_se"), 2)]
         if has_rm:
             row += [_pm(m.get("rm_mean"), m.get("rm_std")),
@@ -325,7 +333,8 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
            f"Win rates pair each sample with the reference ({ref}) sample of the same prompt, ties count "
            "half, "
            "± one standard error. KL is the sequence KL(policy || reference) estimated from the policy's own "
-           f"samples. Reward model: {evaluation.get('reward_model') or 'none'}.", ""]
+           f"samples. Reward model: {evaluation.get('reward_model') or 'none'}. "
+           f"Gold: {_gold_name(evaluation)}.", ""]
 
     health = _health(evaluation, runs)
     md += ["## Final numbers", "", *_final_table(evaluation, health), ""]

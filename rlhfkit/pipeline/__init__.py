@@ -23,7 +23,8 @@ Implementation details:
 5. Active selection (`collect.select: uncertain`, rounds >= 2): the previous round's reward model
    picks the candidate pairs it is least sure about (see rlhfkit/feedback/collect.py).
 6. Evaluation (:mod:`.report`) samples every final policy on held-out prompts with the same seed and
-   compares it with the SFT model (gold win-rate, KL, reward-model score); the frontier has one
+   compares it with the SFT model (gold win-rate, KL, reward-model score; the gold is `evaluate.gold`:
+   the synthetic world's by default, or the user's function or held-out reward model); the frontier has one
    point per evaluation of every RL / DPO run (their metrics.jsonl), and report.md + PNGs are written.
 
 Layout: :mod:`.plan` (the steps and their configs), :mod:`.checks` (paths and tokenizer, before

@@ -197,8 +197,11 @@ class _Planner:
             policies = {"base": str(Path(self.world) / "base"), **policies}
         runs = {s.key: str(s.run_dir) for s in self.steps if s.run_dir is not None
                 and (s.key == "sft" or "/rl-" in s.key or "/dpo-" in s.key or s.key.endswith("/reward"))}
-        spec = {"policies": policies, "reward_model": rm,
-                "gold": bool(sec.get("gold", self.world is not None)),
+        try:  # the user's gold (a directory may be one the plan makes); by default the world's, if any
+            gold = C.check_gold_spec(sec.get("gold", "synthetic" if self.world else None), "gold")
+        except ValueError as e:
+            raise ConfigError(f"pipeline section 'evaluate': {e}") from None
+        spec = {"policies": policies, "reward_model": rm, "gold": gold,
                 "prompts": sec.get("prompts") or self.section("collect")["prompts"],
                 "num_prompts": int(sec.get("num_prompts", 100)),
                 "num_samples": int(sec.get("num_samples", 1)),

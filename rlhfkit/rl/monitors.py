@@ -47,7 +47,7 @@ def check_alarms(cfg, m: dict, gaps: list[float], step: int,
     n = cfg.gap_alarm_steps
     if gap_widening(gaps, n):
         # Over-optimisation signature (Gao et al. 2022): the proxy pulls away from the gold
-        # reward step after step. Needs a gold function (synthetic world).
+        # reward step after step. Needs `gold` (synthetic, a function of yours, or a held-out RM).
         alarm = {"kind": "gap", "step": step, "proxy_gold_gap": gaps[-1], "widening_steps": n,
                  "action": cfg.gap_alarm}
         log.warning("step %d: proxy-gold gap widened %d steps in a row (now %.4f) (%s)", step, n, gaps[-1],

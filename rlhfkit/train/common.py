@@ -354,13 +354,15 @@ class RunState:
         self.skipped = 0
         self.new_best_at: int | None = None  # a step whose metric beat the best checkpoint
 
-    def initial_eval(self, evaluate) -> dict:
+    def initial_eval(self, evaluate, note: dict | None = None) -> dict:
         """The step-0 evaluation: run and logged on a fresh run, read back from metrics.jsonl
-        on a resumed one (it was logged before the crash)."""
+        on a resumed one (it was logged before the crash). ``note`` (e.g. which gold reward the run
+        is monitored with) is written into that first line too, but is not part of the result."""
         if self.start == 0:
             res = evaluate()
-            if res:
-                self.metrics.log(0, {k: v for k, v in res.items() if not k.startswith("_")})
+            row = {**(note or {}), **{k: v for k, v in res.items() if not k.startswith("_")}}
+            if row:
+                self.metrics.log(0, row)
         else:
             step0 = next((r for r in read_metrics(self.run_dir) if r["step"] == 0), {})
             res = {k: v for k, v in step0.items() if k.startswith("eval_")}

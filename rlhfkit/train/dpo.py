@@ -31,7 +31,9 @@ Implementation details (each has a failure mode it prevents):
 9. Evaluation (step 0, every ``eval_every`` steps, end): held-out loss/accuracy/margins, and the
    sequence-level KL to the reference estimated from policy samples for held-out prompts,
    KL = mean over samples of sum over sampled tokens of (logp_policy - logp_ref), both at the
-   sampling temperature (items 12, 28); with ``gold_reward`` also the samples' gold reward.
+   sampling temperature (items 12, 28); with ``gold`` also the samples' gold reward (``eval_gold``;
+   :func:`rlhfkit.gold.resolve_gold`: the synthetic world's, the user's ``module:function`` or a
+   held-out reward-model directory), named in the first line of metrics.jsonl and in summary.json.
 10. Checkpoints, resume and stop_after as in SFT; the final model is a plain Hugging Face
     directory (LoRA merged) plus summary.json.
 """
@@ -53,6 +55,7 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.data.collate import PairCollator, response_batch, take, tokenize_pairs
 from rlhfkit.distributed import sum_across
 from rlhfkit.errors import DataError
+from rlhfkit.gold import describe_gold, resolve_gold
 from rlhfkit.logprobs import sequence_logprobs
 from rlhfkit.losses import DPO_REFERENCE_FREE, dpo_loss
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
@@ -97,6 +100,13 @@ def train(cfg: DPOConfig) -> Path:
 
     run = RunState(cfg, acc, run_dir)
     start = run.start
+    gold_fn = gold_name = None
+    if cfg.gold and sample_prompts:
+        gold_fn = resolve_gold(cfg.gold, device=acc.device, max_length=cfg.max_length)
+        gold_name = describe_gold(cfg.gold)
+    elif cfg.gold:
+        log.warning("gold is set but nothing is sampled to score (eval_sample_prompts=0 or no evaluation "
+                    "prompts): no gold reward is logged")
 
     def evaluate() -> dict[str, float]:
         if eval_ds is None:
@@ -118,11 +128,11 @@ def train(cfg: DPOConfig) -> Path:
                     sums[k] += m[k] * len(idx)
         out = {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(eval_ds)).items()}
         if sample_prompts:
-            out.update(_sampled_eval(cfg, acc, net, tok, sample_prompts, reference.logps))
+            out.update(_sampled_eval(cfg, acc, net, tok, sample_prompts, reference.logps, gold_fn))
         net.train()
         return out
 
-    initial_eval = run.initial_eval(evaluate)
+    initial_eval = run.initial_eval(evaluate, {"gold": gold_name} if gold_name else None)
     model.train()
     bar = progress(n_steps, start, acc, "dpo")
     t0, pairs_seen = time.time(), 0
@@ -163,6 +173,7 @@ def train(cfg: DPOConfig) -> Path:
         "global_batch": global_batch, "processes": world, "train_pairs": len(train_ds),
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0, "dropped_after_truncation": n_trunc,
         "data": data_report, "ref_logprobs_cache": reference.cache_status, "reference": reference.kind,
+        "gold": gold_name,
         **{f"initial_{k}": v for k, v in initial_eval.items()},
         **{f"final_{k}": v for k, v in run.last_eval.items()},
         "pairs_per_second": pairs_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
@@ -310,8 +321,10 @@ def _reference_cache(cfg: DPOConfig, acc, tok, splits: dict, ref_model, ref_logp
 # ----------------------------------------------------------------------------- sampled evaluation
 
 
-def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) -> dict[str, float]:
-    """Sequence KL to the reference (and gold reward) from policy samples (detail 9 above; item 28).
+def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps,
+                  gold_fn=None) -> dict[str, float]:
+    """Sequence KL to the reference (and ``gold_fn``'s gold reward) from policy samples (detail 9
+    above; item 28).
 
     Each process samples its share of the prompts. KL(policy || ref) = E_{y ~ policy}[log p(y) -
     log ref(y)], estimated per sample by the summed per-token log-ratio of the sampled tokens
@@ -321,7 +334,7 @@ def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) 
 
     world, rank = acc.num_processes, acc.process_index
     mine = prompts[rank::world]
-    sums = {"kl": 0.0, "sample_length": 0.0, **({"gold": 0.0} if cfg.gold_reward else {})}
+    sums = {"kl": 0.0, "sample_length": 0.0, **({"gold": 0.0} if gold_fn else {})}
     if mine:
         devices = [acc.device] if acc.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # sampling must not move the training RNG
@@ -339,9 +352,6 @@ def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps) 
                     lr = ref_logps(b, temperature=cfg.eval_temperature)  # (S,)
                 sums["kl"] += (lp - lr).sum().item()
         sums["sample_length"] = float(sum(r["num_tokens"] for r in rows))
-        if cfg.gold_reward:
-            from rlhfkit.synthetic.gold import gold_reward_fn
-
-            gold = gold_reward_fn([r["prompt"] for r in rows], [r["completion"] for r in rows])
-            sums["gold"] = float(sum(gold))
+        if gold_fn:
+            sums["gold"] = float(sum(gold_fn([r["prompt"] for r in rows], [r["completion"] for r in rows])))
     return {f"eval_{k}": v for k, v in _global_mean(acc, sums, len(prompts)).items()}

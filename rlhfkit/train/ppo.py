@@ -57,7 +57,10 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    KL (sum over tokens of logp - ref_logp),
    approx-KL, clip fraction, entropy, response length, EOS rate, distinct-2 (distinct response
    bigrams / all response bigrams in the batch), proxy reward (raw, before the penalty), and
-   with ``gold_reward`` the gold reward and the proxy - gold gap; plus beta, losses, lr.
+   with ``gold`` the gold reward and the proxy - gold gap; plus beta, losses, lr. The gold
+   (:func:`rlhfkit.gold.resolve_gold`: the synthetic world's, the user's ``module:function`` or a
+   held-out reward-model directory) is only monitored, never trained on; the first line of
+   metrics.jsonl and summary.json name it (``gold``).
 9. Alarms: ``max_kl`` warns or stops (checkpoint saved; summary.json records the alarm and the
    first step each kind fired, ``alarms_fired``), and so do ``gap_alarm_steps`` when the proxy -
    gold gap widens that many steps in a row, and ``collapse_alarm`` when batch distinct-2 or token
@@ -90,6 +93,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.distributed import global_token_normalizer, mean_across
 from rlhfkit.errors import DataError
 from rlhfkit.generation import prompt_ids_for
+from rlhfkit.gold import describe_gold, resolve_gold
 from rlhfkit.logprobs import masked_mean, token_logprobs
 from rlhfkit.losses import entropy_from_logits, ppo_policy_loss
 from rlhfkit.modeling import (apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer,
@@ -298,9 +302,8 @@ def train(cfg: PPOConfig) -> Path:
     policy = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
     prompts, prompt_ids, eval_prompts, eval_ids, data_report = _prompts(cfg, tok, policy)
     reward_fn = reward_function(cfg, acc.device)
-    gold_fn = None
-    if cfg.gold_reward:
-        from rlhfkit.synthetic.gold import gold_reward_fn as gold_fn
+    gold_fn = resolve_gold(cfg.gold, device=acc.device, max_length=cfg.max_length)  # monitored only
+    gold_name = describe_gold(cfg.gold)
 
     global_batch = cfg.prompts_per_device * world
     n_steps = total_steps(cfg, len(prompts), global_batch, source=cfg.data)
@@ -334,7 +337,7 @@ def train(cfg: PPOConfig) -> Path:
             local["eval_gold"] = _mean(gold_fn(ro.prompts, ro.texts))
         return mean_across(acc, local)
 
-    initial_eval = run.initial_eval(evaluate)
+    initial_eval = run.initial_eval(evaluate, {"gold": gold_name} if gold_name else None)
     alarm, t0, eps_seen = None, time.time(), 0
     bar = progress(n_steps, start, acc, cfg.estimator)
     policy.train()
@@ -396,7 +399,8 @@ def train(cfg: PPOConfig) -> Path:
         "data": data_report, "reference": "adapter disabled" if cfg.lora_r else "frozen copy",
         "critic": (("policy_head" if isinstance(critic, HeadCritic) else
                     (cfg.value_model or cfg.reward_model or cfg.model)) if critic is not None else None),
-        "final_kl_coef": kl_ctl.value, "alarm": alarm, "alarms_fired": fired, "stopped_by_alarm": stopped,
+        "gold": gold_name, "final_kl_coef": kl_ctl.value, "alarm": alarm, "alarms_fired": fired,
+        "stopped_by_alarm": stopped,
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},
         **{f"initial_{key}": v for key, v in initial_eval.items()},

@@ -497,6 +497,15 @@ def test_rlhf_label_serve_starts_on_a_fresh_file_and_prints_the_url(tmp_path):
         r = httpx.post(f"http://127.0.0.1:{port}/api/login", json={"name": "root", "password": password},
                        timeout=10)
         assert r.status_code == 200 and r.json()["annotator"]["role"] == "admin"
+        # X-Forwarded-For is not believed (no trusted proxy): after 5 failures the name is locked for
+        # every claimed address, and the right password is refused while it is.
+        codes = [httpx.post(f"http://127.0.0.1:{port}/api/login", json={"name": "root", "password": "wrong"},
+                            headers={"X-Forwarded-For": f"10.0.0.{i}"}, timeout=10).status_code
+                 for i in range(8)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3, codes
+        r = httpx.post(f"http://127.0.0.1:{port}/api/login", json={"name": "root", "password": password},
+                       headers={"X-Forwarded-For": "10.9.9.9"}, timeout=10)
+        assert r.status_code == 429, r.text
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -231,3 +231,9 @@ class LabelServeConfig(BaseConfig):
 
     create_admin_password: str | None = None
     """Password of `create_admin`; if not given, one is generated and printed once."""
+
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses of the reverse proxies in front of the server (e.g. [127.0.0.1] behind a local
+    nginx): only their `X-Forwarded-For` header is believed for the client address that the login
+    throttle counts. Empty (default): the header is ignored, so a client cannot spoof its way past
+    the throttle."""

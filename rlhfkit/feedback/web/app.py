@@ -69,4 +69,7 @@ def serve(cfg) -> None:
               "(a password is generated and printed once; or set create_admin_password=...)", flush=True)
     # A fixed secret keeps browser sessions valid across restarts; without one they end with the process.
     app = create_app(cfg.store, secret=os.environ.get("RLHFKIT_LABEL_SECRET") or None, store=store)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local client could then claim a
+    # new address per attempt and never hit the login throttle. Only configured proxies are trusted.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", proxy_headers=bool(cfg.trusted_proxies),
+                forwarded_allow_ips=",".join(cfg.trusted_proxies) or None)

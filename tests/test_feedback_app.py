@@ -584,3 +584,17 @@ def test_twenty_concurrent_clients_over_loopback_lose_and_duplicate_nothing(tmp_
         thread.join(timeout=15)
         sock.close()
         store.close()
+
+
+def test_oversized_and_unlengthed_bodies_are_refused_before_parsing(client, store):
+    """A 2 MB form to /login (unauthenticated) is refused from its Content-Length (413), a chunked body
+    without one gets 411, and nothing was parsed or stored; normal requests still work."""
+    before = len(store.list_annotators())
+    r = client.post("/login", data={"name": "x" * 2_000_000, "password": "p"})
+    assert r.status_code == 413 and "x" * 100 not in r.text  # the input is not echoed back
+    r = client.post("/api/login", content=iter([b'{"name": "alice", ', b'"password": "nope"}']),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 411
+    assert len(store.list_annotators()) == before
+    r = client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]})
+    assert r.status_code == 200

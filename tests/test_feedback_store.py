@@ -298,3 +298,29 @@ def test_submitting_to_a_full_task_without_a_reservation_is_refused(store):
     store.submit(t, a.id, choice="A", displayed_order=[r0, r1])
     with pytest.raises(ConflictError, match="not assigned"):
         store.submit(t, b.id, choice="A", displayed_order=[r0, r1])
+
+
+def test_rationales_over_the_limit_are_refused_on_every_path(store):
+    """The JSON API refused rationales over 20,000 characters while the form path stored 900,000:
+    the store itself holds the limit, so no path can exceed it."""
+    store.create_project("p", annotators_per_task=2)
+    r0, r1 = _responses(store, "p")
+    t = store.create_task("p", [r0, r1])
+    a, b = _ann(store, "a"), _ann(store, "b")
+    with pytest.raises(StoreError, match="900000 characters long; at most 20000") as e:
+        store.submit(t, a.id, choice="A", displayed_order=[r0, r1], rationale="x" * 900_000)
+    assert e.value.field == "rationale" and store.judgements("p") == []
+    store.submit(t, b.id, choice="A", displayed_order=[r0, r1], rationale="y" * 20_000)  # at the limit: kept
+    assert [len(j["rationale"]) for j in store.judgements("p")] == [20_000]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "x" * 101, "tab\there", "ünïcode"])
+def test_project_names_that_cannot_be_a_url_segment_are_refused(store, name):
+    with pytest.raises(StoreError, match="is not a project name") as e:
+        store.create_project(name)
+    assert e.value.field == "name" and store.list_projects() == []
+
+
+def test_project_names_with_dots_dashes_and_spaces_are_fine(store):
+    for name in ("reviews", "round-2.v1", "my project_3"):
+        assert store.create_project(name).name == name

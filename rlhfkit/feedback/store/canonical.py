@@ -9,6 +9,9 @@ from typing import Any
 from .errors import StoreError
 
 CHOICES = ("A", "B", "tie_good", "tie_bad")
+# The longest rationale kept, whatever the path (JSON API, labelling form, simulation, Python): the
+# API refused longer ones while the form stored 900,000 characters.
+MAX_RATIONALE = 20_000
 TIES = ("tie_good", "tie_bad")
 
 
@@ -24,6 +27,8 @@ def _canonical(kind: str, ids: list[int], *, choice, strength, ranking, rational
         raise StoreError(f"must be an integer from 1 to 4, got {strength!r}", field="strength")
     if rationale is not None and not isinstance(rationale, str):
         raise StoreError(f"must be text, got {type(rationale).__name__}", field="rationale")
+    if rationale is not None and len(rationale) > MAX_RATIONALE:
+        raise StoreError(f"is {len(rationale)} characters long; at most {MAX_RATIONALE}", field="rationale")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not seconds >= 0 or seconds == float("inf")):
         raise StoreError(f"must be a finite number >= 0, got {seconds!r}", field="seconds")

@@ -3,12 +3,18 @@ made under, so guidelines are never edited in place: an update adds the next ver
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ConflictError, NotFoundError, StoreError
 from .schema import Guideline, Project, _iso
 from .views import ProjectInfo
+
+# Project names appear in URLs (/label/<name>, /admin/projects/<name>): one path segment, so no "/",
+# no leading "." (".." would name the parent), printable and short.
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
 
 def find_project(s: Session, name: str) -> Project:
@@ -38,6 +44,9 @@ class ProjectsMixin:
     def create_project(self, name: str, guidelines: str = "", annotators_per_task: int = 1) -> ProjectInfo:
         if not isinstance(name, str) or not name.strip():
             raise StoreError("a project needs a non-blank name", field="name")
+        if not PROJECT_NAME.match(name):
+            raise StoreError(f"{name[:120]!r} is not a project name: use letters, digits, '.', '_', '-' and "
+                             "spaces (at most 100), starting with a letter or digit", field="name")
         if not isinstance(annotators_per_task, int) or annotators_per_task < 1:
             raise StoreError(f"must be an integer >= 1, got {annotators_per_task!r}",
                              field="annotators_per_task")

@@ -16,12 +16,13 @@ from fastapi.staticfiles import StaticFiles
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.web import admin, api, pages
 from rlhfkit.feedback.web.errors import add_exception_handlers
-from rlhfkit.feedback.web.security import LoginThrottle, security_headers
+from rlhfkit.feedback.web.security import MAX_BODY_BYTES, LoginThrottle, security_headers
 from rlhfkit.feedback.web.templating import STATIC_DIR, make_env
 
 
 def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
-               login_max_failures: int = 5, login_window_s: float = 300.0) -> FastAPI:
+               login_max_failures: int = 5, login_window_s: float = 300.0,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app over the feedback store at ``store_url``.
 
     ``secret`` signs session cookies and CSRF tokens; without one a random secret is made, so
@@ -34,6 +35,7 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
     app.state.store = store
     app.state.secret_key = (secret or secrets.token_hex(32)).encode()
     app.state.throttle = LoginThrottle(login_max_failures, login_window_s)
+    app.state.max_body_bytes = max_body_bytes
     app.state.templates = make_env()
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.middleware("http")(security_headers)

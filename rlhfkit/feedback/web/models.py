@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlhfkit.feedback.store.canonical import MAX_RATIONALE
+
 CHOICES = ("A", "B", "tie_good", "tie_bad")
 MAX_ID = 2 ** 63 - 1  # database integer keys are 64-bit: a larger id is a 422, not a driver overflow
 TaskId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
@@ -36,7 +38,7 @@ class JudgementIn(BaseModel):
     strength: int | None = Field(None, ge=1, le=4)
     ranking: list[list[Annotated[int, Field(ge=1, le=MAX_ID)]]] | None = None
     """K-way tasks: groups of response ids, best first; ids in one group are tied."""
-    rationale: str | None = Field(None, max_length=20_000, pattern=r"^[^\x00]*$")
+    rationale: str | None = Field(None, max_length=MAX_RATIONALE, pattern=r"^[^\x00]*$")
     displayed_order: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=2)
     """The response ids in the order they were shown."""
     seconds: float | None = Field(None, ge=0, le=7 * 24 * 3600, allow_inf_nan=False)

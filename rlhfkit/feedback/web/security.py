@@ -138,8 +138,31 @@ ApiUser = Annotated[Any, Depends(api_user)]
 # every response
 
 
+# The largest request body read (a labelling form with a 20,000-character rationale is ~80 kB): a
+# larger one is refused from its Content-Length before anything parses it (a 30 MB form to /login
+# was parsed, unauthenticated). A body without a length (chunked) is refused too: browsers and API
+# clients send one.
+MAX_BODY_BYTES = 1_000_000
+
+
+def body_too_large(request: Request, limit: int) -> HTMLResponse | None:
+    """The refusal of a request whose body is over ``limit`` bytes or has no declared length."""
+    length = request.headers.get("content-length")
+    if length is None:
+        if request.headers.get("transfer-encoding", "").lower() not in ("", "identity"):
+            return HTMLResponse("a request body needs a Content-Length", status_code=411)
+        return None
+    if not length.isdigit() or int(length) > limit:
+        return HTMLResponse(f"request body over {limit} bytes refused", status_code=413)
+    return None
+
+
 async def security_headers(request: Request, call_next):
-    """HTTP middleware: refuse cross-site form posts, and set CSP and friends on every response."""
+    """HTTP middleware: refuse oversized bodies and cross-site form posts, and set CSP and friends on
+    every response."""
+    refused = body_too_large(request, getattr(request.app.state, "max_body_bytes", MAX_BODY_BYTES))
+    if refused is not None:
+        return refused
     if request.method not in ("GET", "HEAD", "OPTIONS") and not request.url.path.startswith("/api/"):
         # Browsers send Origin on every cross-site POST; SameSite=Lax already withholds the
         # cookie there, this refuses the request outright (login form included).

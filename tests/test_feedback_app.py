@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.feedback.app import create_app, render_markdown
-from rlhfkit.feedback.store import FeedbackStore
+from rlhfkit.feedback.store import FeedbackStore, displayed_order
 
 PASSWORDS = {"root": "root-pw", "alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 
@@ -598,3 +598,31 @@ def test_oversized_and_unlengthed_bodies_are_refused_before_parsing(client, stor
     assert len(store.list_annotators()) == before
     r = client.post("/api/login", json={"name": "alice", "password": PASSWORDS["alice"]})
     assert r.status_code == 200
+
+
+def test_the_order_shown_is_the_servers_not_the_clients(client, store):
+    """position_chosen feeds the position-bias test: a client that reports another order than the
+    one it was served (to skew it, or by a bug) is refused, naming the field; nothing is stored."""
+    h = api_token(client, "alice")
+    task = client.get("/api/projects/p/next", headers=h).json()["task"]
+    shown = [r["id"] for r in task["responses"]]
+    url = f"/api/tasks/{task['id']}/judgement"
+    r = client.post(url, headers=h, json={"choice": "A", "displayed_order": shown[::-1]})
+    assert r.status_code == 400 and "displayed_order" in r.text and "shown to you" in r.text
+    assert store.judgements("p") == []
+    assert client.post(url, headers=h, json={"choice": "A", "displayed_order": shown}).status_code == 200
+
+
+def test_a_task_of_another_project_cannot_be_judged_under_this_projects_url(client, store):
+    other = store.create_project("q", annotators_per_task=1)
+    pid = store.add_prompt(other.name, "a prompt of q")
+    ids = [store.add_response(pid, f"answer {m}", m) for m in ("m1", "m2")]
+    foreign = store.create_task(other.name, ids)
+    form_login(client, "bob")
+    html = client.get("/projects/p/label").text
+    served = ",".join(str(i) for i in displayed_order(foreign, store.get_annotator("bob").id, ids))
+    form = {"task_id": foreign, "displayed_order": served, "choice": "A", "action": "submit",
+            "csrf": csrf_of(html)}
+    r = client.post("/projects/p/label", data=form, follow_redirects=False)
+    assert r.status_code == 404 and "is not in project &#39;p&#39;" in r.text  # escaped in the page
+    assert store.judgements("q") == [] and store.judgements("p") == []

@@ -49,6 +49,9 @@ def displayed_order(task_id: int, annotator_id: int, response_ids: list[int]) ->
     return order
 
 
+_served_order = displayed_order  # `submit`'s keyword of the same name hides the function there
+
+
 def _task_ids(s: Session, task_id: int) -> list[int]:
     """The task's response ids in canonical order."""
     return list(s.scalars(select(TaskResponse.response_id).where(TaskResponse.task_id == task_id)
@@ -215,11 +218,20 @@ class QueueMixin:
 
     def submit(self, task_id: int, annotator_id: int, *, choice: str | None = None,
                strength: int | None = None, ranking: list[list[int]] | None = None,
-               rationale: str | None = None, displayed_order: list[int], seconds: float | None = None) -> int:
-        """Store one judgement; see the package docstring (design notes 1-3). Returns its id."""
+               rationale: str | None = None, displayed_order: list[int], seconds: float | None = None,
+               project: str | None = None, as_served: bool = False) -> int:
+        """Store one judgement; see the package docstring (design notes 1-3). Returns its id.
+
+        ``project``: the task must belong to it (a web request names the project in its URL).
+        ``as_served``: the displayed order must be the one this annotator was served
+        (:func:`displayed_order`), not one a client chose: the position-bias statistics read it."""
         with self._session.begin() as s:
             t = _task_for(s, task_id, annotator_id)
+            if project is not None and find_project(s, project).id != t.project_id:
+                raise NotFoundError(f"task {t.id} is not in project '{project}'", field="task_id")
             ids = _task_ids(s, t.id)
+            if as_served and list(displayed_order or []) != _served_order(t.id, annotator_id, ids):
+                raise StoreError("is not the order this task was shown to you in", field="displayed_order")
             fields = _canonical(t.kind, ids, choice=choice, strength=strength, ranking=ranking,
                                 rationale=rationale, shown=displayed_order, seconds=seconds)
             old = s.scalar(select(Judgement).where(Judgement.task_id == t.id,

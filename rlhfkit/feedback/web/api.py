@@ -67,7 +67,7 @@ def api_next(name: str, me: ApiUser, store: Store):
 @router.post("/api/tasks/{task_id}/judgement")
 def api_submit(task_id: TaskId, body: JudgementIn, me: ApiUser, store: Store):
     try:
-        jid = store.submit(task_id, me.id, **body.model_dump())
+        jid = store.submit(task_id, me.id, **body.model_dump(), as_served=True)
     except (RlhfkitError, ValueError, LookupError) as e:
         raise store_error(e) from None
     return {"judgement_id": jid}

@@ -138,7 +138,7 @@ async def label_post(request: Request, name: str, me: PageUser, store: Store):
         return RedirectResponse(f"/projects/{quote(name, safe='')}/label?saved=skip", status_code=303)
     try:
         payload = judgement_from_form(form)
-        await run_in_threadpool(lambda: store.submit(task_id, me.id, **payload))
+        await run_in_threadpool(lambda: store.submit(task_id, me.id, **payload, project=name, as_served=True))
     except (RlhfkitError, ValueError, LookupError) as e:
         status = 400 if isinstance(e, FormError) else status_for(e)
         return await run_in_threadpool(_label_page, request, store, me, name, status=status, error=str(e))

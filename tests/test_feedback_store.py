@@ -324,3 +324,13 @@ def test_project_names_that_cannot_be_a_url_segment_are_refused(store, name):
 def test_project_names_with_dots_dashes_and_spaces_are_fine(store):
     for name in ("reviews", "round-2.v1", "my project_3"):
         assert store.create_project(name).name == name
+
+
+def test_an_error_names_what_it_got_without_echoing_a_huge_input(store):
+    store.create_project("p", annotators_per_task=1)
+    r0, r1 = _responses(store, "p")
+    t = store.create_task("p", [r0, r1])
+    a = _ann(store, "a")
+    with pytest.raises(StoreError, match="displayed_order") as e:
+        store.submit(t, a.id, choice="A", displayed_order=list(range(100_000)))
+    assert len(str(e.value)) < 400 and "characters)" in str(e.value)

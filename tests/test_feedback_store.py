@@ -334,3 +334,18 @@ def test_an_error_names_what_it_got_without_echoing_a_huge_input(store):
     with pytest.raises(StoreError, match="displayed_order") as e:
         store.submit(t, a.id, choice="A", displayed_order=list(range(100_000)))
     assert len(str(e.value)) < 400 and "characters)" in str(e.value)
+
+
+def test_a_skipped_task_cannot_be_judged_by_the_one_who_skipped_it(store):
+    store.create_project("p", annotators_per_task=1)
+    r0, r1 = _responses(store, "p")
+    t = store.create_task("p", [r0, r1])
+    a, b = _ann(store, "a"), _ann(store, "b")
+    assert store.next_task("p", a.id).id == t
+    store.skip(t, a.id)
+    with pytest.raises(ConflictError, match=f"task {t} was skipped by this annotator"):
+        store.submit(t, a.id, choice="A", displayed_order=[r0, r1])
+    assert store.judgements("p") == []
+    assert store.next_task("p", b.id).id == t  # the freed slot goes to someone else
+    store.submit(t, b.id, choice="B", displayed_order=[r1, r0])
+    assert [j["annotator"] for j in store.judgements("p")] == ["b"]

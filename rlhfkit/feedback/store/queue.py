@@ -236,6 +236,10 @@ class QueueMixin:
                                 rationale=rationale, shown=displayed_order, seconds=seconds)
             old = s.scalar(select(Judgement).where(Judgement.task_id == t.id,
                                                    Judgement.annotator_id == annotator_id))
+            if old is None and s.scalar(select(Skip.id).where(Skip.task_id == t.id,
+                                                              Skip.annotator_id == annotator_id)) is not None:
+                # A skip freed the slot for someone else and the queue never offers the task again.
+                raise ConflictError(f"task {t.id} was skipped by this annotator", field="task_id")
             if old is not None:
                 same = all(getattr(old, k) == v for k, v in fields.items()
                            if k not in ("seconds", "rationale"))

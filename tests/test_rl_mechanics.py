@@ -462,3 +462,21 @@ def test_collapse_monitors_by_hand():
     alarm = check_alarms(cfg, m, [], 7, watch)
     assert alarm["kind"] == "kl" and alarm["action"] == "stop"  # a stopping alarm wins over a warning
     assert m["alarm_collapse"] == 1 and m["alarm_kl"] == 1
+
+
+def test_collapse_watch_catches_one_template_for_every_prompt():
+    """Token-distinct completions (the item swapped into one template) keep the top-completion share
+    low; cross-prompt similarity is what gives them away. Dissimilarity = 1 - similarity against its
+    start: 0.9 -> 0.4 is 44% of the start, below the 0.5 threshold."""
+    from rlhfkit.rl.monitors import CollapseWatch
+
+    watch = CollapseWatch(0.5)
+    base = {"distinct_2": 0.6, "entropy": 1.4, "top_completion_share": 0.05}
+    assert watch.check({**base, "cross_prompt_similarity": 0.1}) == (1.0, [])
+    ratio, reasons = watch.check({**base, "cross_prompt_similarity": 0.3})  # 0.7 / 0.9
+    assert ratio == pytest.approx(0.7 / 0.9) and reasons == []
+    ratio, reasons = watch.check({**base, "cross_prompt_similarity": 0.6})
+    assert ratio == pytest.approx(0.4 / 0.9) and reasons == ["dissimilarity at 44% of its start"]
+    # A baseline from a checkpoint written before dissimilarity was watched still works.
+    old = CollapseWatch(0.5, baseline=dict(base))
+    assert old.check({**base, "cross_prompt_similarity": 0.9}) == (1.0, [])

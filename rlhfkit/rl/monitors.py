@@ -88,9 +88,12 @@ def cross_prompt_similarity(responses: list[list[int]], k: int = 1) -> float:
 class CollapseWatch:
     """Mode-collapse alarm relative to the start of training (item 34).
 
-    The first watched step sets the baseline of batch distinct-2 and token entropy. The alarm
-    fires when either falls below ``threshold`` times its baseline, or when the most common
-    completion takes more than ``1 - threshold`` of the batch (and more than it did at the start).
+    The first watched step sets the baseline of batch distinct-2, token entropy and cross-prompt
+    *dissimilarity* (1 - :func:`cross_prompt_similarity`). The alarm fires when any of them falls
+    below ``threshold`` times its baseline, or when the most common completion takes more than
+    ``1 - threshold`` of the batch (and more than it did at the start). Dissimilarity catches the
+    collapse that keeps completions token-distinct (one template with the item swapped in: "the
+    plot was great" for every film) and so slips past the top-completion share.
     The baseline is part of the checkpoint state, so a resumed run judges against the same start.
     """
 
@@ -101,10 +104,14 @@ class CollapseWatch:
         """(collapse ratio: min of distinct-2 and entropy relative to the start, reasons it fires)."""
         now = {"distinct_2": m["distinct_2"], "entropy": m.get("entropy", 0.0),
                "top_completion_share": m["top_completion_share"]}
+        if "cross_prompt_similarity" in m:
+            now["dissimilarity"] = 1.0 - m["cross_prompt_similarity"]
         if self.baseline is None:
             self.baseline = now
             return 1.0, []
-        ratios = {k: now[k] / self.baseline[k] for k in ("distinct_2", "entropy") if self.baseline[k] > 0}
+        # A baseline written before dissimilarity was watched (an older checkpoint) lacks the key.
+        ratios = {k: now[k] / self.baseline[k] for k in ("distinct_2", "entropy", "dissimilarity")
+                  if k in now and self.baseline.get(k, 0) > 0}
         reasons = [f"{k} at {r:.0%} of its start" for k, r in ratios.items() if r < self.threshold]
         share = now["top_completion_share"]
         if share > 1 - self.threshold and share > self.baseline["top_completion_share"]:

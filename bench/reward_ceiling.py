@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="bench-runs/reward")
     ap.add_argument("--temperature", type=float, default=0.6,
-                    help="labeler BT temperature (0.6: ~73%% agreement)")
+                    help="labeler BT temperature (0.6: ~70%% agreement with the gold on SFT samples)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=4, help="passes over the training prompts when sampling")
     ap.add_argument("--quick", action="store_true", help="the small test world instead of the demo world")

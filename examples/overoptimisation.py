@@ -1,17 +1,19 @@
 """Reward over-optimisation made visible (Gao et al. 2022), on the synthetic world.
 
-PPO against a *learned* reward model with the KL penalty switched off and a long budget: the
-proxy reward (the reward model's score) keeps rising while the gold reward peaks and then falls,
-and the proxy-gold gap alarm flags it. An example, not a test:
+PPO against a *learned* reward model, with a long budget and several KL coefficients: the proxy
+reward (the reward model's score) keeps rising, while the gold reward first rises (the reward
+model is good enough to be worth optimising) and then falls as the policy finds the reward
+model's mistakes; the proxy-gold gap alarm flags it. An example, not a test:
 
-    python examples/overoptimisation.py [--output runs/overopt] [--steps 60] [--full]
+    python examples/overoptimisation.py [--output runs/overopt] [--steps 60] [--kl 0,0.02,0.05] [--full]
 
-Steps: build (or reuse) the world, SFT, label pairs of SFT samples with a simulated labeler,
-train a reward model, run PPO with kl_coef=0 and the gold reward monitored, then print the
-proxy / gold / KL trajectory and where gold peaked, fit gold against d = sqrt(KL) in Gao et al.'s
-RL form d (alpha - beta log d) and plot both (overoptimisation.png). Everything lands in run
-directories under --output (metrics.jsonl of the PPO run holds the whole trajectory; best/ the
-peak-gold policy).
+Steps: build (or reuse) the world, SFT, label pairs of SFT samples with a simulated labeler
+(4 samples and 3 pairs per prompt, temperature 0.1: a reward model worth optimising), train a
+reward model, then one PPO run per KL coefficient with the gold reward monitored. For each run it
+prints the proxy / gold / KL trajectory, the step and KL where gold peaked, and fits gold gain
+against d = sqrt(KL) in Gao et al.'s RL form d (alpha - beta log d); one plot holds every run
+(overoptimisation.png) and overoptimisation.json the numbers. Every run directory is resumable
+(metrics.jsonl of each PPO run holds its whole trajectory; best/ its peak-gold policy).
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ import json
 from pathlib import Path
 
 
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="runs/overopt")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--kl", type=_floats, default=[0.0, 0.02, 0.05], help="KL coefficients, one run each")
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--full", action="store_true", help="the demo-size world instead of the quick one")
     args = ap.parse_args()
 
@@ -42,40 +50,60 @@ def main() -> None:
     cfg = sft_config(world, out, quick=quick)
     cfg.resume = True
     sft = sft_train(cfg)
-    prefs = preference_splits(sft, world, out / "prefs", labeler_temperature=0.3, seed=1)
+    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=4, pairs_per_prompt=3,
+                              labeler_temperature=0.1, seed=1)
     rm = rm_train(RewardConfig(model=str(sft), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
                                output_dir=str(out / "rm"), learning_rate=1e-3, per_device_batch_size=16,
                                num_epochs=2, max_length=96, log_every=20, warmup_ratio=0.05, resume=True))
-    run = out / "ppo_kl0"
-    ppo_train(PPOConfig(
-        model=str(sft), data=str(world / "prompts.jsonl"), eval_data=str(world / "prompts_eval.jsonl"),
-        output_dir=str(run), reward_model=str(rm), kl_coef=0.0, gold="synthetic", gap_alarm_steps=3,
-        gap_alarm="warn", learning_rate=5e-4, prompts_per_device=32, mini_batch_size=16, ppo_epochs=2,
-        max_new_tokens=32, max_length=96, max_steps=args.steps, log_every=1, eval_prompts=0, resume=True))
+    verdicts = {}
+    for coef in args.kl:
+        run = out / f"ppo_kl{coef:g}"
+        ppo_train(PPOConfig(
+            model=str(sft), data=str(world / "prompts.jsonl"), output_dir=str(run), reward_model=str(rm),
+            kl_coef=coef, gold="synthetic", gap_alarm_steps=3, gap_alarm="warn", collapse_alarm="warn",
+            learning_rate=args.lr, prompts_per_device=32, mini_batch_size=16, ppo_epochs=2,
+            max_new_tokens=32, max_length=96, max_steps=args.steps, log_every=1, eval_prompts=0, resume=True))
+        rows = [r for r in read_metrics(run) if "gold_reward" in r]
+        print(f"\nKL coefficient {coef:g}")
+        print(f"{'step':>5}{'proxy':>9}{'gold':>9}{'gap':>8}{'seq KL':>9}  alarm")
+        for r in rows:
+            alarm = " ".join(k[6:] for k in ("alarm_gap", "alarm_collapse") if r.get(k))
+            print(f"{r['step']:>5}{r['proxy_reward']:>9.3f}{r['gold_reward']:>9.3f}{r['proxy_gold_gap']:>8.3f}"
+                  f"{r['seq_kl']:>9.2f}  {alarm}")
+        verdicts[f"{coef:g}"] = trajectory_verdict(rows)
+    verdicts_fit = gao_fit({k: [r for r in read_metrics(out / f"ppo_kl{k}") if "gold_reward" in r]
+                            for k in verdicts}, out / "overoptimisation.png")
+    for k, fit in verdicts_fit.items():
+        verdicts[k]["gao_fit"] = fit
+    (out / "overoptimisation.json").write_text(json.dumps(verdicts, indent=2))
+    print()
+    print(f"{'KL coef':>8}{'gold start':>11}{'peak':>8}{'rise':>7}{'at KL':>7}{'final':>8}"
+          f"{'alpha':>8}{'beta':>7}{'R2':>6}{'fit peak KL':>12}")
+    for k, v in verdicts.items():
+        f = v["gao_fit"]
+        peak_kl = "-" if f["kl_peak"] is None else f"{f['kl_peak']:.2f}"
+        print(f"{k:>8}{v['start_gold']:>11.3f}{v['peak_gold']:>8.3f}{v['gold_rise']:>7.3f}{v['kl_at_peak']:>7.2f}"
+              f"{v['final_gold']:>8.3f}{f['alpha']:>8.3f}{f['beta']:>7.3f}{f['r2']:>6.2f}{peak_kl:>12}")
 
-    rows = [r for r in read_metrics(run) if "gold_reward" in r]
-    print(f"{'step':>5}{'proxy':>9}{'gold':>9}{'gap':>8}{'seq KL':>9}  alarm")
-    for r in rows:
-        print(f"{r['step']:>5}{r['proxy_reward']:>9.3f}{r['gold_reward']:>9.3f}{r['proxy_gold_gap']:>8.3f}"
-              f"{r['seq_kl']:>9.2f}  {'gap widening' if r.get('alarm_gap') else ''}")
+
+def trajectory_verdict(rows: list[dict]) -> dict:
+    """Where gold peaked on one run, how much it rose before, and whether it fell after."""
     peak = max(rows, key=lambda r: r["gold_reward"])
-    last = rows[-1]
-    verdict = {
-        "peak_gold_step": peak["step"], "peak_gold": peak["gold_reward"], "final_gold": last["gold_reward"],
+    first, last = rows[0], rows[-1]
+    return {
+        "start_gold": first["gold_reward"], "peak_gold_step": peak["step"], "peak_gold": peak["gold_reward"],
+        "gold_rise": peak["gold_reward"] - first["gold_reward"], "kl_at_peak": peak["seq_kl"],
+        "final_gold": last["gold_reward"], "gold_fall_after_peak": peak["gold_reward"] - last["gold_reward"],
         "proxy_at_peak": peak["proxy_reward"], "final_proxy": last["proxy_reward"],
-        "final_seq_kl": last["seq_kl"],
-        "gold_fell_after_peak": last["gold_reward"] < peak["gold_reward"],
-        "proxy_kept_rising": last["proxy_reward"] > peak["proxy_reward"],
+        "final_seq_kl": last["seq_kl"], "proxy_kept_rising": last["proxy_reward"] > peak["proxy_reward"],
         "gap_alarms": sum(1 for r in rows if r.get("alarm_gap")),
+        "collapse_alarms": sum(1 for r in rows if r.get("alarm_collapse")),
     }
-    verdict["gao_fit"] = gao_fit(rows, out / "overoptimisation.png")
-    (out / "overoptimisation.json").write_text(json.dumps(verdict, indent=2))
-    print(json.dumps(verdict))
 
 
-def gao_fit(rows: list[dict], png: Path) -> dict:
-    """Gold gain over the first step against d = sqrt(KL), fitted as d (alpha - beta log d), and a
-    plot of gold and proxy gain with the fitted curve and its peak."""
+def gao_fit(runs: dict[str, list[dict]], png: Path) -> dict[str, dict]:
+    """Per run: gold gain over the first step against d = sqrt(KL), fitted as d (alpha - beta log d);
+    one plot with every run's gold gain (points), its fit (line) and its proxy gain (crosses)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,30 +112,32 @@ def gao_fit(rows: list[dict], png: Path) -> dict:
 
     from rlhfkit.evaluate.metrics import gao_rl_fit
 
-    kl = np.array([r["seq_kl"] for r in rows])
-    gold = np.array([r["gold_reward"] for r in rows]) - rows[0]["gold_reward"]
-    proxy = np.array([r["proxy_reward"] for r in rows]) - rows[0]["proxy_reward"]
-    fit = gao_rl_fit(kl, gold)
-    d = np.sqrt(np.clip(kl, 0, None))
-    grid = np.linspace(max(d[d > 0].min(), 1e-3), d.max(), 200)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(d, gold, s=12, label="gold gain")
-    ax.scatter(d, proxy, s=12, marker="x", label="proxy (RM) gain")
-    ax.plot(grid, grid * (fit["alpha"] - fit["beta"] * np.log(grid)), "k-",
-            label=f"fit d({fit['alpha']:.2f} - {fit['beta']:.2f} log d), R2 {fit['r2']:.2f}")
-    if fit["d_peak"] is not None and fit["d_peak"] <= d.max() * 1.5:
-        ax.axvline(fit["d_peak"], color="grey", ls="--", lw=1, label=f"gold peak d* = {fit['d_peak']:.2f}")
+    fits = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in runs.items():
+        kl = np.array([r["seq_kl"] for r in rows])
+        gold = np.array([r["gold_reward"] for r in rows]) - rows[0]["gold_reward"]
+        proxy = np.array([r["proxy_reward"] for r in rows]) - rows[0]["proxy_reward"]
+        fit = fits[name] = gao_rl_fit(kl, gold)
+        d = np.sqrt(np.clip(kl, 0, None))
+        grid = np.linspace(max(d[d > 0].min(), 1e-3), d.max(), 200)
+        pts = ax.scatter(d, gold, s=10, label=f"gold gain, KL coef {name}")
+        ax.scatter(d, proxy, s=10, marker="x", color=pts.get_facecolor()[0], alpha=0.5)
+        ax.plot(grid, grid * (fit["alpha"] - fit["beta"] * np.log(grid)), "-", color=pts.get_facecolor()[0],
+                label=f"fit d({fit['alpha']:.2f} - {fit['beta']:.2f} log d), R2 {fit['r2']:.2f}")
+        kl_peak = "-" if fit["kl_peak"] is None else f"{fit['kl_peak']:.2f}"
+        print(f"KL coef {name}: Gao fit alpha {fit['alpha']:.3f}, beta {fit['beta']:.3f}, "
+              f"R2 {fit['r2']:.2f}, gold peaks at KL {kl_peak}")
     ax.set_xlabel("d = sqrt(KL to SFT)")
-    ax.set_ylabel("reward gain over step 1")
-    ax.set_title("Reward over-optimisation (KL penalty 0)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("reward gain over step 1 (x: proxy)")
+    ax.set_title("Reward over-optimisation: gold rises, then falls")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
-    kl_peak = fit["kl_peak"] if fit["kl_peak"] is None else round(fit["kl_peak"], 2)
-    print(f"Gao fit: alpha {fit['alpha']:.3f}, beta {fit['beta']:.3f}, R2 {fit['r2']:.2f}, "
-          f"gold peaks at KL {kl_peak}; plot {png}")
-    return fit
+    print(f"plot: {png}")
+    return fits
 
 
 if __name__ == "__main__":

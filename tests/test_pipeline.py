@@ -74,6 +74,14 @@ def test_quick_demo_end_to_end(tmp_path):
         assert pol[name]["kl"] > 0.0
     assert pol["sft"]["win_rate"] == 0.5 and pol["sft"]["kl"] == 0.0
     assert "| rl-ppo" in text and "| dpo-dpo" in text
+    # The printed table and the report give every policy the same verdict (the report's counts the
+    # training run's alarms; evaluation.json carries that verdict, so the table does too).
+    health_rows = text.split("## Health", 1)[1].split("\n## ", 1)[0]
+    table = r.stdout.rsplit("health", 1)[1].split("report:", 1)[0]
+    for name in ("base", "sft", "rl-ppo", "dpo-dpo"):
+        verdict = pol[name]["health"]["verdict"]
+        assert f"| {name} | **{verdict}** |" in health_rows, (name, verdict, health_rows)
+        assert any(ln.startswith(name) and ln.rstrip().endswith(verdict) for ln in table.splitlines()), table
     # The demo gives each comparison to one labeler: the report says why there is no agreement.
     assert "no task was judged by two annotators" in text
 

@@ -210,7 +210,7 @@ def plot_reliability(bins: list[dict], path: Path, title: str) -> Path | None:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _health(evaluation: dict, runs: dict[str, str | Path] | None) -> dict[str, dict]:
+def health_with_alarms(evaluation: dict, runs: dict[str, str | Path] | None) -> dict[str, dict]:
     """Per policy: the evaluation's sample-based verdict, redone with the alarms of the training run
     whose name ends with the policy's (e.g. run 'round1/rl-ppo' for policy 'rl-ppo')."""
     from rlhfkit.evaluate.metrics import health_verdict
@@ -336,7 +336,7 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
            f"samples. Reward model: {evaluation.get('reward_model') or 'none'}. "
            f"Gold: {_gold_name(evaluation)}.", ""]
 
-    health = _health(evaluation, runs)
+    health = health_with_alarms(evaluation, runs)
     md += ["## Final numbers", "", *_final_table(evaluation, health), ""]
     md += ["## Health", "", "Is each policy's output still worth reading? Diversity and length next to the "
            f"reference ({ref}), the most repeated completion, the training run's alarms (first step each "
@@ -349,6 +349,10 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
     fr = plot_frontier(points, plots / "frontier.png")
     md += img(fr, "reward vs KL frontier")
     if points:
+        # One block per method, its points sorted by KL: read down a block to walk along its frontier.
+        order = list(dict.fromkeys(str(p.get("method", "")) for p in points))
+        points = sorted(points, key=lambda p: (order.index(str(p.get("method", ""))),
+                                               p["kl"] if _finite(p.get("kl")) else math.inf))
         md += ["| method | label | KL | gold | proxy |", "|---|---|---|---|---|"]
         md += [f"| {_cell(str(p.get('method', '')))} | {_cell(str(p.get('label', '')))} "
                f"| {_fmt(p.get('kl'), 2)} | {_fmt(p.get('gold'))} | {_fmt(p.get('proxy'))} |" for p in points]

@@ -12,7 +12,7 @@ def evaluate_and_report(spec: dict) -> Path:
     """``spec``: the evaluate step's config (see ``plan._Planner.evaluate``). Returns report.md."""
     from rlhfkit.data.loading import read_records
     from rlhfkit.evaluate.policies import evaluate_policies
-    from rlhfkit.evaluate.report import write_report
+    from rlhfkit.evaluate.report import health_with_alarms, write_report
 
     prompts = [r["prompt"] for r in read_records(spec["prompts"])][: spec["num_prompts"]]
     evaluation = evaluate_policies(spec["policies"], prompts, reference="sft",
@@ -20,10 +20,15 @@ def evaluate_and_report(spec: dict) -> Path:
                                    num_samples=spec["num_samples"],
                                    max_new_tokens=spec["max_new_tokens"], seed=spec["seed"])
     out = Path(spec["output_dir"])
-    (out / "evaluate").mkdir(parents=True, exist_ok=True)
-    (out / "evaluate" / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
     reward_runs = {k: v for k, v in spec["runs"].items() if k.endswith("/reward")}
     runs = {k: v for k, v in spec["runs"].items() if k not in reward_runs}
+    # The verdict on the samples, redone with each training run's alarms, so evaluation.json (and the
+    # demo's printed table, read from it) says what the report says: a run whose collapse alarm fired
+    # is not "healthy" because its final samples happen to look diverse enough.
+    for name, h in health_with_alarms(evaluation, runs).items():
+        evaluation["policies"][name]["health"] = h
+    (out / "evaluate").mkdir(parents=True, exist_ok=True)
+    (out / "evaluate" / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
     return write_report(out, evaluation=evaluation, runs=runs, reward_runs=reward_runs,
                         agreement=agreement(spec["store"], spec["project"]), frontier=frontier_points(runs),
                         title=f"rlhfkit pipeline report: {out.name}")

@@ -22,24 +22,18 @@ def approx(x):
     return pytest.approx(x, abs=1e-9)
 
 
-# Hand-computed from the module docstring: raw = sum over clauses of substance * (modifier-product *
-# lexicon value), reward = tanh(raw / 3) - penalties. Negation x(-0.5), intensifier x1.5, diminisher
-# x0.5; substance 1.0 for an aspect, 0.5 for an aspect judged again, 0.6 for the item itself, 0.25
-# for a clause that names nothing of the item.
+# Hand-computed from the module docstring: raw = sum of modifier-product * lexicon value,
+# reward = tanh(raw / 3) - penalties. Negation x(-0.5), intensifier x1.5, diminisher x0.5.
 @pytest.mark.parametrize("text,raw", [
-    (" the plot was very good .", 1.5 * 2),                    # tanh(1) = 0.7616
-    (" the plot was good .", 2),
-    (" the plot was not good .", -0.5 * 2),
-    (" the plot was not very good .", -0.5 * 1.5 * 2),         # scope chains until the sentiment word
-    (" the plot was not bad .", -0.5 * -2),                    # "not bad" ~ "fine"
-    (" the lid was a bit noisy .", 0.5 * -2),                  # two-word diminisher
-    (" the kettle was a bit noisy .", 0.6 * 0.5 * -2),         # the item itself, no aspect
-    (" i would never recommend it .", 0.25 * -0.5 * 2),        # names nothing
-    (" i would truly recommend it .", 0.25 * 1.5 * 2),
+    (" the film was very good .", 1.5 * 2),                    # tanh(1) = 0.7616
+    (" the film was good .", 2),
+    (" the film was not good .", -0.5 * 2),
+    (" the film was not very good .", -0.5 * 1.5 * 2),         # scope chains until the sentiment word
+    (" the film was not bad .", -0.5 * -2),                    # "not bad" ~ "fine"
+    (" the kettle was a bit noisy .", 0.5 * -2),               # two-word diminisher
+    (" i would never recommend it .", -0.5 * 2),
     (" the plot was not bad , but the acting was good .", 1 + 2),  # "," ends the negation's scope
-    (" the film was terrible . the plot was really clever .", 0.6 * -3 + 1.5 * 2),
-    (" the plot was good . the plot was great .", 2 + 0.5 * 2),  # the same aspect again counts half
-    (" i loved the film and the ending was fine .", 0.6 * 3 + 1),
+    (" the film was terrible . the plot was really clever .", -3 + 1.5 * 2),
     (" it runs about two hours .", 0),                         # neutral filler
 ])
 def test_hand_computed_values(text, raw):
@@ -50,36 +44,9 @@ def test_hand_computed_values(text, raw):
 
 
 def test_very_good_by_hand():
-    assert gold_reward(" the plot was very good .") == approx(0.7615941559557649)  # tanh(1)
-    assert gold_reward(" the film was very good .") == approx(0.5370495669980353)  # tanh(0.6)
+    assert gold_reward(" the film was very good .") == approx(0.7615941559557649)  # tanh(1)
     b = gold_breakdown(" the film was terrible . the plot was really clever .")
-    assert b.sentence_scores == [approx(-1.8), approx(3.0)]  # summed per sentence
-    assert b.substance == [0.6, 1.0]
-
-
-def test_generic_compliments_score_below_specific_reviews():
-    """What a reader wants is a review of the item: an opinion that names nothing is worth little."""
-    generic = " i would truly recommend it ."
-    for prompt, specific in (("review of the mattress :", " the material was very good ."),
-                             ("review of the headset :", " the sound was truly great ."),
-                             ("review of the film electric mountain :", " the acting was truly great .")):
-        # Same number of words, same modifier and grade: only what the opinion is about differs.
-        assert len(generic.split()) == len(specific.split())
-        assert gold_reward(generic, prompt) == approx(math.tanh(0.25))
-        assert gold_reward(specific, prompt) == approx(math.tanh(1.0))
-        assert gold_reward(specific, prompt) - gold_reward(generic, prompt) > 0.5
-    # Naming the item is worth more than naming nothing, less than judging one of its aspects.
-    p = "review of the kettle :"
-    assert (gold_reward(" it was great .", p) < gold_reward(" the kettle was great .", p)
-            < gold_reward(" the handle was great .", p))
-    # An aspect of the other kind is not substance (and is off topic): the kettle has no plot.
-    assert gold_breakdown(" the plot was great .", p).substance == [0.25]
-    # Diminishing returns: a new aspect adds more than judging the same aspect again.
-    assert (gold_reward(" the lid was great . the handle was great .", p)
-            > gold_reward(" the lid was great . the lid was great .", p))
-    # A film's title names it; title words of another film do not.
-    assert gold_breakdown(" i loved lost river .", "review of the film lost river :").substance == [0.6]
-    assert gold_breakdown(" i loved lost river .", "review of the film iron crown :").substance == [0.25]
+    assert b.sentence_scores == [approx(-3.0), approx(3.0)]  # summed per sentence
 
 
 def test_direction_of_each_rule():
@@ -95,9 +62,9 @@ def test_direction_of_each_rule():
 
 
 def test_saturation_gives_diminishing_returns():
-    one = gold_reward(" the plot was good .")
-    two = gold_reward(" the plot was good . the acting was great .")
-    three = gold_reward(" the plot was good . the acting was great . the music was clever .")
+    one = gold_reward(" the film was good .")
+    two = gold_reward(" the film was good . the acting was great .")
+    three = gold_reward(" the film was good . the acting was great . the plot was clever .")
     assert 0 < three - two < two - one < one
     assert three < MAX_REWARD
 
@@ -105,7 +72,7 @@ def test_saturation_gives_diminishing_returns():
 def test_repeating_positive_words_scores_lower_than_a_normal_sentence():
     normal = gold_reward(" the film was good .")
     spam = " good good good good good good ."
-    # raw 0.25 * 12 -> tanh(1); 4 uses of "good" beyond two (1.0); repeated bigrams 4/6 (2*(4/6-0.35));
+    # raw 12 -> tanh(4); 4 uses of "good" beyond two (1.0); repeated bigrams 4/6 (2*(4/6-0.35));
     # five sentiment words stacked in one clause plus a clause with no ordinary word (6 * 0.25):
     # far below the floor, so clipped.
     assert gold_reward(spam) == MIN_REWARD
@@ -113,10 +80,10 @@ def test_repeating_positive_words_scores_lower_than_a_normal_sentence():
     assert b.penalties["repeated_words"] == approx(1.0)
     assert b.penalties["repeated_bigrams"] == approx(2 * (4 / 6 - 0.35))
     assert b.penalties["ungrammatical"] == approx(1.5)
-    # A subtler hack: raw 0.6 * 2 + 3 * 0.25 * 2 (three clauses ", good" that name nothing), so
-    # tanh(2.7 / 3) - 0.5 (2 extra "good") - 2*(0.4-0.35) - 3 * 0.25 (those clauses have no ordinary word).
+    # A subtler hack: tanh(8/3) - 0.5 (2 extra "good") - 2*(0.4-0.35) - 3 * 0.25 (three clauses
+    # ", good" with no ordinary word).
     subtle = " the film was good , good , good , good ."
-    assert gold_reward(subtle) == approx(math.tanh(2.7 / 3) - 0.5 - 0.1 - 0.75)
+    assert gold_reward(subtle) == approx(math.tanh(8 / 3) - 0.5 - 0.1 - 0.75)
     assert gold_reward(subtle) < normal
     # Stacking modifiers: a third modifier in a row is ungrammatical, and the bigrams repeat.
     assert gold_reward(" the film was very very very very good .") < gold_reward(" the film was very good .")
@@ -125,18 +92,17 @@ def test_repeating_positive_words_scores_lower_than_a_normal_sentence():
 
 def test_stacking_distinct_positive_words_scores_lower_than_a_normal_sentence():
     """Piling up *different* positive words dodges the repetition penalty but not the clause rule."""
-    normal = gold_reward(" the film was wonderful .")  # tanh(0.6 * 3 / 3)
+    normal = gold_reward(" the film was wonderful .")  # tanh(1)
     # Each extra sentiment word in a clause, and each clause made of a bare sentiment word, is one
-    # ungrammatical event (0.25): the raw score saturates, so three events cost more than it gains.
-    # Bare-word clauses name nothing (0.25 each); stacked words share their clause's weight (0.6).
-    for hack, raw in ((" the film was wonderful and brilliant and amazing and superb .", 1.8 + 3 * 0.75),
-                      (" the film was wonderful , brilliant , excellent , amazing .", 1.8 + 3 * 0.75),
-                      (" the film was wonderful brilliant excellent amazing .", 0.6 * 12)):
+    # ungrammatical event (0.25): raw 12 saturates, so three events cost more than it gains.
+    for hack in (" the film was wonderful and brilliant and amazing and superb .",
+                 " the film was wonderful , brilliant , excellent , amazing .",
+                 " the film was wonderful brilliant excellent amazing ."):
         assert gold_breakdown(hack).penalties == {"ungrammatical": approx(0.75)}, hack
-        assert gold_reward(hack) == approx(math.tanh(raw / 3) - 0.75)
+        assert gold_reward(hack) == approx(math.tanh(4) - 0.75)
         assert gold_reward(hack) < normal
-    assert gold_reward(" wonderful . brilliant . excellent .") == approx(math.tanh(0.75) - 0.75)
-    assert gold_reward(" the film was wonderful . brilliant .") == approx(math.tanh(0.85) - 0.25)
+    assert gold_reward(" wonderful . brilliant . excellent .") == approx(math.tanh(3) - 0.75)
+    assert gold_reward(" the film was wonderful . brilliant .") == approx(math.tanh(2) - 0.25)
     assert gold_reward(" the film was wonderful . brilliant .") < normal
     # Proper clauses, each with its subject, are fine (and saturate instead).
     assert gold_breakdown(" i loved it and the plot was superb .").penalties == {}
@@ -154,8 +120,8 @@ def test_grammar_text_is_never_penalised_as_ungrammatical():
 
 
 def test_missing_terminator_lowers_the_score():
-    assert gold_reward(" the plot was very good") == approx(math.tanh(1) - 0.5)
-    assert gold_reward(" the plot was very good") < gold_reward(" the plot was very good .")
+    assert gold_reward(" the film was very good") == approx(math.tanh(1) - 0.5)
+    assert gold_reward(" the film was very good") < gold_reward(" the film was very good .")
     assert gold_breakdown(" the film was good . the plot was").penalties == {"no_terminator": 0.5}
 
 
@@ -171,10 +137,10 @@ def test_empty_gets_the_minimum():
 
 
 def test_ungrammatical_runs_are_penalised():
-    base = math.tanh(0.6 * 2 / 3)
+    base = math.tanh(2 / 3)
     assert gold_reward(" the film was gud .") == approx(-0.25)  # out of vocabulary
     assert gold_reward(" The film was good .") == approx(base - 0.25)  # capitals are outside the grammar
-    assert gold_reward(" the film was good wonderful .") == approx(math.tanh(0.6 * 5 / 3) - 0.25)  # adjacent
+    assert gold_reward(" the film was good wonderful .") == approx(math.tanh(5 / 3) - 0.25)  # adjacent
     assert gold_reward(" the film was good . .") == approx(base - 0.25)  # punctuation run
     assert gold_reward(" the film was good , but very .") == approx(base - 0.25)  # dangling modifier
     assert gold_reward(" the film was good.") == approx(base)  # a missing space is not punished
@@ -183,18 +149,17 @@ def test_ungrammatical_runs_are_penalised():
 def test_too_long_is_penalised():
     four = " the film was good . the plot was fine . the cast was decent . the music was nice ."
     assert gold_breakdown(four).penalties == {"too_long": approx(0.5 + 0.1)}
-    assert gold_reward(four) == approx(math.tanh((0.6 * 2 + 3) / 3) - 0.6)
+    assert gold_reward(four) == approx(math.tanh(5 / 3) - 0.6)
     assert gold_reward(four) < gold_reward(" the film was good . the plot was fine .")
     many_words = " the film was good and " + "the plot was set in the city and " * 6 + "i liked it ."
     assert "too_long" in gold_breakdown(many_words).penalties
 
 
 def test_off_topic_needs_a_prompt():
-    good = math.tanh(0.6 * 2 / 3)  # the item itself
-    other = math.tanh(0.25 * 2 / 3)  # another item names nothing of this one
-    assert gold_reward(" the blender was good .", "review of the kettle :") == approx(other - 0.25)
-    assert gold_reward(" the film was good .", "review of the kettle :") == approx(other - 0.25)
-    assert gold_reward(" the price was good .", "review of the film lost river :") == approx(other - 0.25)
+    good = math.tanh(2 / 3)
+    assert gold_reward(" the blender was good .", "review of the kettle :") == approx(good - 0.25)
+    assert gold_reward(" the film was good .", "review of the kettle :") == approx(good - 0.25)
+    assert gold_reward(" the price was good .", "review of the film lost river :") == approx(good - 0.25)
     assert gold_reward(" the kettle was good .", "review of the kettle :") == approx(good)
     assert gold_reward(" the film was good .", "review of the film x :") == approx(good)
     assert gold_reward(" the blender was good .") == approx(good)  # no prompt, no topic check
@@ -232,6 +197,4 @@ def test_long_unterminated_continuations_score_below_sft_completions():
 def test_constants_match_the_documented_scale():
     assert (gold.MIN_REWARD, gold.MAX_REWARD, gold.SCALE) == (-1.5, 1.0, 3.0)
     assert (gold.NEGATION, gold.INTENSIFY, gold.DIMINISH) == (-0.5, 1.5, 0.5)
-    assert (gold.ASPECT_WEIGHT, gold.REPEAT_ASPECT_WEIGHT, gold.SUBJECT_WEIGHT, gold.VAGUE_WEIGHT) == (
-        1.0, 0.5, 0.6, 0.25)
 

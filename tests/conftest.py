@@ -112,3 +112,39 @@ def pytest_sessionfinish(session, exitstatus):
             pass
     print("\nprocesses outlived the test session (killed now):\n" + "\n".join(lines), file=sys.stderr)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# the feedback store on SQLite and on PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for this test process (see tests/_postgres.py). Without the
+    server binaries the PostgreSQL half of the store tests is skipped on a workstation, and fails in
+    CI (``CI=true``), where `make test` installs them: a database the README claims must be tested."""
+    from _postgres import Cluster, in_ci, server_bindir
+
+    bindir = server_bindir()
+    if bindir is None:
+        message = ("PostgreSQL server binaries (initdb, pg_ctl) not found; install them: "
+                   "apt-get install postgresql")
+        if in_ci():
+            pytest.fail(message + " (CI must run the store tests on PostgreSQL)", pytrace=False)
+        pytest.skip(message)
+    cluster = Cluster(bindir)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The URL of a fresh, empty feedback store: a SQLite file, or a new database on the throwaway
+    PostgreSQL cluster (dropped afterwards). Tests taking it run once on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fb.db'}"
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    name, url = cluster.new_database()
+    yield url
+    cluster.drop_database(name)

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.feedback.app import create_app, render_markdown
-from rlhfkit.feedback.store import FeedbackStore, displayed_order
+from rlhfkit.feedback.store import FeedbackStore
 
 PASSWORDS = {"root": "root-pw", "alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 
@@ -31,8 +31,9 @@ def make_store(path, *, n_tasks=8, per_task=2, project="p", models=("m1", "m2"))
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = make_store(tmp_path / "fb.db")
+def store(store_url):
+    # Every test on ``store`` / ``client`` runs on SQLite and on PostgreSQL (conftest.store_url).
+    s = make_store(store_url)
     yield s
     s.close()
 
@@ -53,6 +54,12 @@ def form_login(client, name):
     r = client.post("/login", data={"name": name, "password": PASSWORDS[name]}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/projects"
     return r
+
+
+def response_ids(view, handles: str) -> list[int]:
+    """The response ids behind comma-separated handles of the task ``view`` (a store TaskView)."""
+    by_handle = dict(zip(view.handles, (rid for rid, _ in view.responses)))
+    return [by_handle[h] for h in handles.split(",")]
 
 
 def csrf_of(html: str) -> str:
@@ -258,7 +265,8 @@ def test_malformed_payloads_get_4xx_naming_the_field(client, store):
         ({"displayed_order": shown}, 422, "choice"),
         ({"choice": "A", "ranking": [[shown[0]], [shown[1]]], "displayed_order": shown}, 422, "ranking"),
         # well-formed but wrong for this task: the store's message names the field
-        ({"choice": "A", "displayed_order": [shown[0], 999_999]}, 400, "displayed_order"),
+        ({"choice": "A", "displayed_order": [shown[0], 999_999]}, 422, "displayed_order"),  # ids: refused
+        ({"choice": "A", "displayed_order": [shown[0], "0" * 16]}, 400, "displayed_order"),  # not this task's
         ({"ranking": [[shown[0]], [shown[1]]], "displayed_order": shown}, 400, "ranking"),
     ]
     for body, status, field in cases:
@@ -275,7 +283,8 @@ def test_malformed_payloads_get_4xx_naming_the_field(client, store):
         r = client.post(bad, headers=h, json={"choice": "A", "displayed_order": shown})
         assert r.status_code == 422 and "task_id" in r.json()["detail"]
     r = client.post(url, headers={**h, "Content-Type": "application/json"},
-                    content=b'{"choice": "A", "displayed_order": %s, "seconds": NaN}' % str(shown).encode())
+                    content=b'{"choice": "A", "displayed_order": %s, "seconds": NaN}'
+                    % json.dumps(shown).encode())
     assert r.status_code == 422 and "seconds" in r.json()["detail"]
     r = client.post(url, headers=h, json={"choice": "A", "displayed_order": shown, "rationale": "a\x00b"})
     assert r.status_code == 422 and "rationale" in r.json()["detail"]
@@ -330,8 +339,8 @@ def test_label_page_form_flow_escaping_and_csrf(client, store):
     assert "<strong>helpful</strong>" in html and "&lt;b&gt;raw html&lt;/b&gt;" in html
     assert "script-src 'self'" in page.headers["content-security-policy"]
     task_id = int(re.search(r'name="task_id" value="(\d+)"', html).group(1))
-    order = re.search(r'name="displayed_order" value="([\d,]+)"', html).group(1)
-    shown = [int(x) for x in order.split(",")]
+    order = re.search(r'name="displayed_order" value="([0-9a-f,]+)"', html).group(1)
+    shown = response_ids(store.next_task("p", store.get_annotator("bob").id), order)
     form = {"task_id": task_id, "displayed_order": order, "choice": "B", "strength": "2",
             "seconds": "4.25", "rationale": "right one is clearer", "action": "submit"}
     # no CSRF token, or a wrong one: refused, nothing stored
@@ -351,7 +360,8 @@ def test_label_page_form_flow_escaping_and_csrf(client, store):
     assert "Saved." in nxt and 'id="progress-mine">1<' in nxt
     # a form without a choice is a 400 naming the field, and the page still offers a task
     tid2 = int(re.search(r'name="task_id" value="(\d+)"', nxt).group(1))
-    r = client.post("/projects/p/label", data={"task_id": tid2, "displayed_order": "1,2", "action": "submit",
+    order2 = re.search(r'name="displayed_order" value="([0-9a-f,]+)"', nxt).group(1)
+    r = client.post("/projects/p/label", data={"task_id": tid2, "displayed_order": order2, "action": "submit",
                                                "csrf": csrf_of(nxt)})
     assert r.status_code == 400 and "choice" in r.text and 'name="task_id"' in r.text
     # skip through the form
@@ -377,8 +387,8 @@ def test_ranking_task_by_form_and_api(tmp_path):
         html = client.get("/projects/p/label").text
         assert html.count("<select name=\"rank_") == 3
         tid = int(re.search(r'name="task_id" value="(\d+)"', html).group(1))
-        order = re.search(r'name="displayed_order" value="([\d,]+)"', html).group(1)
-        a, b, c = (int(x) for x in order.split(","))
+        order = re.search(r'name="displayed_order" value="([0-9a-f,]+)"', html).group(1)
+        a, b, c = order.split(",")
         # b best, a and c tied behind it
         r = client.post("/projects/p/label", data={
             "task_id": tid, "displayed_order": order, "action": "submit",
@@ -392,7 +402,9 @@ def test_ranking_task_by_form_and_api(tmp_path):
                         json={"ranking": [[ids[2]], [ids[0]], [ids[1]]], "displayed_order": ids})
         assert r.status_code == 200, r.text
     j1, j2 = store.judgements("p")
+    a, b, c = response_ids(store.last_judgement("p", j1["annotator_id"]), order)
     assert j1["ranking"] == [[b], sorted([a, c])] and j1["winner_id"] == b
+    ids = response_ids(store.last_judgement("p", j2["annotator_id"]), ",".join(ids))
     assert j2["ranking"] == [[ids[2]], [ids[0]], [ids[1]]]
     store.close()
 
@@ -449,11 +461,18 @@ def test_admin_sees_per_annotator_progress_in_the_api(client):
 
 def test_render_markdown_is_safe_subset():
     out = str(render_markdown("# Title\n\n- one **bold**\n- two `<b>`\n\n<img src=x onerror=alert(1)> "
-                              "[ok](https://example.org) [bad](javascript:alert(1))"))
+                              "[ok](https://example.org) [bad](javascript:alert(1)) ![pic](https://x.test/a.png)"
+                              "\n\n```python\nif a < b:\n    print('<i>')\n```\n\n| h1 | h2 |\n|---|:-:|\n"
+                              "| <u>c</u> | [x](vbscript:y) |\n"))
     assert "<h3>Title</h3>" in out
-    assert "<ul><li>one <strong>bold</strong></li><li>two <code>&lt;b&gt;</code></li></ul>" in out
+    assert "<ul>\n<li>one <strong>bold</strong></li>\n<li>two <code>&lt;b&gt;</code></li>\n</ul>" in out
     assert "<img" not in out and "&lt;img src=x onerror=alert(1)&gt;" in out
-    assert '<a href="https://example.org"' in out and 'href="javascript' not in out
+    assert '<a href="https://example.org"' in out  # an image is at most a link: the page never fetches it
+    assert 'href="javascript' not in out and 'href="vbscript' not in out
+    assert 'rel="noopener noreferrer nofollow"' in out
+    assert "<pre><code class=\"language-python\">if a &lt; b:\n    print('&lt;i&gt;')\n</code></pre>" in out
+    assert "<table>" in out and "<th>h1</th>" in out and "<td>&lt;u&gt;c&lt;/u&gt;</td>" in out
+    assert "style=" not in out  # the CSP refuses inline styles; alignment is dropped, not half-applied
 
 
 def test_rlhf_label_serve_starts_on_a_fresh_file_and_prints_the_url(tmp_path):
@@ -620,7 +639,7 @@ def test_a_task_of_another_project_cannot_be_judged_under_this_projects_url(clie
     foreign = store.create_task(other.name, ids)
     form_login(client, "bob")
     html = client.get("/projects/p/label").text
-    served = ",".join(str(i) for i in displayed_order(foreign, store.get_annotator("bob").id, ids))
+    served = ",".join(store.next_task("q", store.get_annotator("bob").id).handles)
     form = {"task_id": foreign, "displayed_order": served, "choice": "A", "action": "submit",
             "csrf": csrf_of(html)}
     r = client.post("/projects/p/label", data=form, follow_redirects=False)

@@ -5,15 +5,12 @@ inert, the store holding exactly those judgements, and the admin leaderboard."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from _live_server import live_app
 from playwright.sync_api import sync_playwright
 
-from rlhfkit.feedback.app import create_app
 from rlhfkit.feedback.store import FeedbackStore
 
 # Debian's Chromium (CI installs it; never `playwright install`, which downloads a browser).
@@ -26,7 +23,6 @@ HOSTILE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwne
 def server(tmp_path):
     """A store with four pair tasks (one with hostile text) and a 3-way ranking task, served by
     uvicorn in a thread."""
-    import uvicorn
 
     store = FeedbackStore(str(tmp_path / "fb.db"))
     store.create_project("p", guidelines="Prefer the **clearer** review.", annotators_per_task=1)
@@ -41,33 +37,24 @@ def server(tmp_path):
     store.add_annotator("alice", "alice-pw")
     store.add_annotator("root", "root-pw", role="admin")
 
-    # Bind the socket here (port 0 = a free one) and hand it to uvicorn: no race for the port.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(store.url, secret="browser-test", store=store)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start within 30 s")
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", store
+        with live_app(store, "browser-test") as base:
+            yield base, store
     finally:
-        srv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
         store.close()
 
 
-def shown_task(page) -> tuple[int, list[int]]:
+def shown_task(page) -> tuple[int, list[str]]:
+    """The task on the page and the opaque handles of its responses in the order shown."""
     task_id = int(page.locator('input[name="task_id"]').get_attribute("value"))
-    order = [int(x) for x in page.locator('input[name="displayed_order"]').get_attribute("value").split(",")]
-    return task_id, order
+    return task_id, page.locator('input[name="displayed_order"]').get_attribute("value").split(",")
+
+
+def response_ids(store, task_id: int, handles: list[str]) -> list[int]:
+    """The response ids behind the handles a page showed (the store knows both)."""
+    (t,) = [t for t in store.tasks("p") if t["task_id"] == task_id]
+    by_handle = dict(zip(t["handles"], t["response_ids"]))
+    return [by_handle[h] for h in handles]
 
 
 def test_label_by_keyboard_and_mouse_in_chromium(server):
@@ -136,6 +123,7 @@ def test_label_by_keyboard_and_mouse_in_chromium(server):
             page.keyboard.press("1")
             page.keyboard.press("Tab")
             page.keyboard.press("2")
+            assert page.inner_text("#rankno-B") == "1"  # the ranking list follows the selects
             with page.expect_navigation():
                 page.keyboard.press("Enter")
             assert page.is_visible("#no-task") and page.inner_text("#progress-mine") == "4"
@@ -144,6 +132,8 @@ def test_label_by_keyboard_and_mouse_in_chromium(server):
 
             # the store holds exactly those judgements
             js = {j["task_id"]: j for j in store.judgements("p")}
+            order1, order3, order5 = (response_ids(store, t, o) for t, o in ((t1, order1), (t3, order3),
+                                                                            (t5, order5)))
             assert set(js) == {t1, t3, t4, t5} and store.progress("p")["skips"] == 1
             j1, j3, j4, j5 = js[t1], js[t3], js[t4], js[t5]
             assert j1["strength"] == 3 and j1["winner_id"] == order1[0] and j1["position_chosen"] == 0

@@ -1,4 +1,7 @@
-"""The feedback store: schema/migrations, overlap queue, canonical judgements, concurrency, errors."""
+"""The feedback store: schema/migrations, overlap queue, canonical judgements, concurrency, errors.
+
+Tests taking ``store`` or ``store_url`` run on SQLite and on a throwaway PostgreSQL cluster
+(conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from rlhfkit.feedback.store import (ConflictError, FeedbackStore, NotFoundError,
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = FeedbackStore(tmp_path / "fb.db")
+def store(store_url):
+    s = FeedbackStore(store_url)
     yield s
     s.close()
 
@@ -140,8 +143,8 @@ def test_next_task_is_stable_until_answered_and_skip_frees_the_slot(store):
     assert store.progress("p")["skips"] == 1
 
 
-def test_expired_reservation_frees_the_slot(tmp_path):
-    s = FeedbackStore(tmp_path / "x.db", lease_seconds=0)
+def test_expired_reservation_frees_the_slot(store_url):
+    s = FeedbackStore(store_url, lease_seconds=0)
     s.create_project("p")
     t = s.create_task("p", _responses(s, "p"))
     a, b = _ann(s, "a"), _ann(s, "b")
@@ -150,9 +153,9 @@ def test_expired_reservation_frees_the_slot(tmp_path):
     s.close()
 
 
-def test_concurrent_next_task_never_overfills_a_task(tmp_path):
+def test_concurrent_next_task_never_overfills_a_task(store_url):
     """8 threads race for 3 tasks x 2 slots: exactly 6 reservations, none beyond a task's k."""
-    s = FeedbackStore(tmp_path / "race.db")
+    s = FeedbackStore(store_url)
     s.create_project("p", annotators_per_task=2)
     for i in range(3):
         s.create_task("p", _responses(s, "p", prompt=f"p{i}"))

@@ -204,6 +204,11 @@ class LabelExportConfig(BaseConfig):
     include_calibration: bool = True
     """Export calibration tasks too."""
 
+    exclude_below: float | None = Field(None, ge=0.0, le=1.0)
+    """Drop every judgement of annotators whose accuracy on the project's gold questions is under this
+    (e.g. 0.7); the summary says how many annotators and judgements were dropped. Annotators who
+    judged no gold question are kept. Needs gold questions (marked on the project's admin page)."""
+
     @field_validator("margins")
     @classmethod
     def _four(cls, v: list[float]) -> list[float]:

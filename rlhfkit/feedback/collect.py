@@ -55,10 +55,11 @@ def collect(cfg: CollectConfig) -> dict:
             by_prompt = _import_responses(cfg.responses)
         else:
             by_prompt = _sample(cfg, _read_prompts(cfg))
-        # by_prompt: prompt text -> list of (text, model_id, sampling) in a deterministic order
+        # by_prompt: prompt key (the text, or a conversation's canonical JSON: see _prompt_key) ->
+        # list of (text, model_id, sampling) in a deterministic order
         response_ids: dict[str, list[tuple[int, str, str]]] = {}
         for prompt, items in by_prompt.items():
-            pid = store.add_prompt(cfg.project, prompt)
+            pid = store.add_prompt(cfg.project, _prompt_value(prompt))
             seen: dict[tuple[str, str], int] = {}
             for text, model_id, sampling in items:
                 if (text, model_id) not in seen:
@@ -107,41 +108,121 @@ def _counts(store, project: str) -> dict:
 # sources
 
 
-def _read_prompts(cfg: CollectConfig) -> list[str]:
+def _read_prompts(cfg: CollectConfig) -> list[PromptKey]:
+    """The prompts to sample for, as by_prompt keys. A file whose ``prompt`` column holds
+    conversations keeps them as conversations (each model renders them with its own chat template
+    in :func:`_sample`, and the store shows them as a chat); otherwise the data layer reads it."""
     from rlhfkit.data.formats import normalize
     from rlhfkit.data.loading import read_records
 
-    rows, _ = normalize(read_records(cfg.prompts, split=cfg.prompts_split), "prompt", source=str(cfg.prompts))
-    prompts = list(dict.fromkeys(r["prompt"] for r in rows))  # de-duplicated, first-seen order
+    records = read_records(cfg.prompts, split=cfg.prompts_split)
+    if any(isinstance(r, dict) and isinstance(r.get("prompt"), list) for r in records):
+        numbers = records.row_numbers or list(range(1, len(records) + 1))
+        keys = [_import_prompt(r if isinstance(r, dict) else {}, str(cfg.prompts), n)
+                for r, n in zip(records, numbers)]
+    else:
+        rows, _ = normalize(records, "prompt", source=str(cfg.prompts))
+        keys = [r["prompt"] for r in rows]
+    prompts = list(dict.fromkeys(keys))  # de-duplicated, first-seen order
     return prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
 
 
-def _sample(cfg: CollectConfig, prompts: list[str]) -> dict[str, list[tuple[str, str, dict]]]:
+def _sample(cfg: CollectConfig, prompts: list[PromptKey]) -> dict[PromptKey, list[tuple[str, str, dict]]]:
     from rlhfkit.generation import sample_completions
-    from rlhfkit.modeling import load_causal_lm, load_tokenizer
+    from rlhfkit.modeling import chat_renderer, load_causal_lm, load_tokenizer
 
-    out: dict[str, list[tuple[str, str, dict]]] = {p: [] for p in prompts}
+    out: dict[PromptKey, list[tuple[str, str, dict]]] = {p: [] for p in prompts}
     names = cfg.model_names or list(cfg.models)
     for m, (path, name) in enumerate(zip(cfg.models, names)):
         tok = load_tokenizer(path)
+        texts = _prompt_texts(prompts, chat_renderer(tok), path)
         model = load_causal_lm(path, tok)
         settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                     "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed + m, "model_path": str(path)}
         # Each prompt repeated num_samples times in one call: one seeded stream, reproducible.
-        batch = [p for p in prompts for _ in range(cfg.num_samples)]
-        rows = sample_completions(model, tok, batch, max_new_tokens=cfg.max_new_tokens,
+        keys = [p for p in prompts for _ in range(cfg.num_samples)]
+        rows = sample_completions(model, tok, [texts[k] for k in keys], max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                   batch_size=cfg.batch_size, seed=cfg.seed + m)
-        for row in rows:
+        for key, row in zip(keys, rows):  # one row per prompt, in order
             if row["completion"].strip():  # an empty sample cannot be judged
-                out[row["prompt"]].append((row["completion"], name, {**settings,
-                                           "ended_with_eos": row["ended_with_eos"]}))
+                out[key].append((row["completion"], name, {**settings,
+                                 "ended_with_eos": row["ended_with_eos"]}))
         del model
     return out
 
 
-def _import_responses(path: str) -> dict[str, list[tuple[str, str, dict | None]]]:
-    """Rows ``prompt``, ``response``/``completion``, optional ``model_id``/``model``, ``sampling``."""
+PromptKey = str | tuple[str, str]
+
+
+def _prompt_texts(prompts: list[PromptKey], render, model_path) -> dict[PromptKey, str]:
+    """What a model is given for each prompt: a string as is, a conversation through the model's
+    chat template with the generation prompt (the sample is the assistant's next turn)."""
+    out = {}
+    for key in prompts:
+        if isinstance(key, str):
+            out[key] = key
+        elif render is None:
+            raise ConfigError(f"models: '{model_path}' has no chat template, and the prompts are "
+                              "conversations; use a chat model or string prompts")
+        else:
+            out[key] = render(_prompt_value(key), True)
+    return out
+
+
+def _prompt_key(prompt: str | list[dict]) -> PromptKey:
+    """A hashable key per prompt: the string itself, or ("chat", the conversation's canonical JSON),
+    the spelling the store de-duplicates conversations on (``store.conversation``)."""
+    from rlhfkit.feedback.store.conversation import canonical_json
+
+    return prompt if isinstance(prompt, str) else ("chat", canonical_json(list(prompt)))
+
+
+def _prompt_value(key: PromptKey) -> str | list[dict]:
+    return json.loads(key[1]) if isinstance(key, tuple) else key
+
+
+def _import_prompt(row: dict, path: str, n: int) -> PromptKey:
+    """The row's prompt as a by_prompt key: a non-blank string, or a conversation (TRL's
+    conversational format, ending with the user's turn) whose responses are the next assistant turn."""
+    from rlhfkit.feedback.store import StoreError
+    from rlhfkit.feedback.store.conversation import check_messages
+
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        try:
+            return _prompt_key(check_messages(prompt))
+        except StoreError as e:
+            raise DataError(e.reason, source=path, row=n, field="prompt") from None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"expected a non-blank string or a list of chat messages, got {_short(prompt)}",
+                        source=path, row=n, field="prompt")
+    return prompt
+
+
+def _import_text(row: dict, key: str, path: str, n: int) -> str:
+    """A response: a non-blank string, or (conversational rows) a one-message assistant turn."""
+    text = row.get(key)
+    if isinstance(text, list) and len(text) == 1 and isinstance(text[0], dict) \
+            and text[0].get("role") == "assistant":
+        text = text[0].get("content")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"expected a non-blank string (or one assistant message), got {_short(text)}",
+                        source=path, row=n, field=key)
+    return text
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _import_responses(path: str) -> dict[PromptKey, list[tuple[str, str, dict | None]]]:
+    """Rows ``prompt``, ``response``/``completion``, optional ``model_id``/``model``, ``sampling``.
+
+    ``prompt`` may be a conversation (a list of ``{"role", "content"}`` messages, the data layer's
+    conversational format) and the response then the assistant's next turn, as a string or as a
+    one-message list ``[{"role": "assistant", "content": ...}]``."""
     from rlhfkit.data.loading import read_records
 
     if not os.path.exists(os.path.expanduser(path)):
@@ -153,14 +234,9 @@ def _import_responses(path: str) -> dict[str, list[tuple[str, str, dict | None]]
     for row, n in zip(records, numbers):
         if not isinstance(row, dict):
             raise DataError("expected an object with named fields", source=path, row=n)
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"expected a non-blank string, got {prompt!r}", source=path, row=n,
-                            field="prompt")
+        prompt = _import_prompt(row, path, n)
         key = "response" if "response" in row else "completion"
-        text = row.get(key)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"expected a non-blank string, got {text!r}", source=path, row=n, field=key)
+        text = _import_text(row, key, path, n)
         mkey = "model_id" if "model_id" in row else "model"
         model = row.get(mkey, default_model)
         if model is None:
@@ -238,6 +314,10 @@ def _member_rewards(cfg: CollectConfig, work: list) -> list[np.ndarray]:
     all candidates of all prompts scored in one batched pass."""
     if not work:
         return []
+    if any(isinstance(prompt, tuple) for prompt, _, _, _ in work):
+        # The scorer takes prompt strings; which chat template a reward model expects is not known here.
+        raise ConfigError("select=uncertain scores responses of string prompts only; conversational prompts "
+                          "need select=random")
     from rlhfkit.scoring import RewardScorer
 
     try:
@@ -302,7 +382,9 @@ def _take_pairs(cands: list[tuple[int, str, str]], ranked: list[tuple[int, int]]
 
 
 def _existing_sets(store, project: str) -> dict[frozenset, tuple[str, bool]]:
-    return {frozenset(t["response_ids"]): (t["prompt"], t["calibration"]) for t in store.tasks(project)}
+    return {frozenset(t["response_ids"]):
+            (_prompt_key(t["prompt"] if t["messages"] is None else t["messages"]), t["calibration"])
+            for t in store.tasks(project)}
 
 
 def _choose_sets(cands: list[tuple[int, str]], k: int, n: int, taken: set,

@@ -7,7 +7,21 @@ annotator's strength, on Llama 2's scale; 0.0, the plain Bradley-Terry term, wit
 see :func:`_one_margin_column`), ``tie`` (with ``ties="keep"``,
 read by ``rlhfkit.data.formats`` and modelled by ``rlhf reward ties=rao_kupper|davidson``), and
 provenance: ``task_id``, the response and model ids, ``annotator_ids``/``annotators``,
-``agreement`` and ``n_annotators``.
+``agreement`` and ``n_annotators``. A per-judgement row also carries its ``annotator_id``,
+``annotator`` and ``rationale`` (None when none was written); a majority row carries ``rationales``,
+one per entry of ``annotator_ids``.
+
+Conversational tasks (a prompt that is a chat history) export in TRL's conversational preference
+format: ``prompt`` is the list of messages, ``chosen``/``rejected`` the assistant's next turn as a
+one-message list; ``rlhf reward`` and ``rlhf dpo`` render them with the tokenizer's chat template.
+A project mixing both exports every row that way (see :func:`_one_prompt_form`).
+
+``exclude_below``: annotators whose accuracy on the project's gold questions
+(:func:`rlhfkit.feedback.quality.gold_accuracy`) is under it are dropped before anything is
+aggregated; the summary counts them (``annotators_excluded_below_gold``) and their judgements, and
+names them in the log. Annotators who judged no gold question are kept and counted
+(``annotators_without_gold``). A project without gold questions cannot be filtered this way: an
+error, not a silent export of everything.
 
 ``agreement`` is the share of a task's annotators whose label equals the most common one (1.0 with
 a single annotator, 0.5 for a 1-1 split); for a K-way task it is the mean of that share over the
@@ -43,7 +57,8 @@ def export(cfg: LabelExportConfig) -> Path:
     with FeedbackStore(cfg.store) as store:
         rows, stats = export_rows(store, cfg.project, aggregate=cfg.aggregate, ties=cfg.ties,
                                   min_agreement=cfg.min_agreement, rankings=cfg.rankings, margins=cfg.margins,
-                                  include_calibration=cfg.include_calibration)
+                                  include_calibration=cfg.include_calibration,
+                                  exclude_below=cfg.exclude_below)
     if not rows:
         raise DataError(f"nothing to export ({_describe(stats)})", source=f"project '{cfg.project}'")
     out = Path(cfg.output).expanduser()
@@ -66,16 +81,20 @@ def _describe(stats: Counter) -> str:
 def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str = "drop",
                 min_agreement: float = 0.0, rankings: str = "pairs",
                 margins: list[float] = (0.0, 0.3333, 0.6667, 1.0),
-                include_calibration: bool = True) -> tuple[list[dict], Counter]:
+                include_calibration: bool = True,
+                exclude_below: float | None = None) -> tuple[list[dict], Counter]:
     """The export rows of a project and a counter of what was written and why rows were left out."""
     if aggregate not in ("judgement", "majority"):
         raise ValueError(f"aggregate must be 'judgement' or 'majority', got {aggregate!r}")
     if ties not in ("drop", "keep") or rankings not in ("pairs", "ranking"):
         raise ValueError(f"ties must be drop|keep and rankings pairs|ranking, got {ties!r}, {rankings!r}")
-    by_task: dict[int, list[dict]] = {}
-    for j in store.judgements(project):
-        by_task.setdefault(j["task_id"], []).append(j)
     stats: Counter = Counter()
+    js = store.judgements(project)
+    if exclude_below is not None:
+        js = _drop_below_gold(js, exclude_below, project, stats)
+    by_task: dict[int, list[dict]] = {}
+    for j in js:
+        by_task.setdefault(j["task_id"], []).append(j)
     rows: list[dict] = []
     for js in by_task.values():
         if js[0]["calibration"] and not include_calibration:
@@ -89,8 +108,31 @@ def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str 
         make = _judgement_rows if aggregate == "judgement" else _majority_rows
         rows.extend(make(js, labels, agreement, ties=ties, rankings=rankings, margins=margins, stats=stats))
     _one_margin_column(rows, stats)
+    _one_prompt_form(rows, stats)
     stats["rows"] = len(rows)
     return rows, stats
+
+
+def _drop_below_gold(js: list[dict], threshold: float, project: str, stats: Counter) -> list[dict]:
+    """``js`` without the judgements of annotators under ``threshold`` on gold questions."""
+    from rlhfkit.feedback.quality import below_threshold, gold_accuracy
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"exclude_below must be between 0 and 1, got {threshold!r}")
+    if not any(j.get("gold_answer") for j in js):
+        raise DataError("exclude_below needs gold questions (an admin marks tasks with a known answer on the "
+                        "project's admin page); this project has no judged one",
+                        source=f"project '{project}'", field="exclude_below")
+    low = below_threshold(js, threshold)
+    scored = gold_accuracy(js)
+    stats["annotators_excluded_below_gold"] = len(low)
+    stats["annotators_without_gold"] = len({j["annotator_id"] for j in js} - set(scored))
+    kept = [j for j in js if j["annotator_id"] not in low]
+    stats["judgements_excluded_below_gold"] = len(js) - len(kept)
+    for row in low.values():
+        log.info("excluded annotator %s: gold accuracy %.3f on %d question(s) < %s", row["annotator"],
+                 row["accuracy"], row["n"], threshold)
+    return kept
 
 
 def _one_margin_column(rows: list[dict], stats: Counter) -> None:
@@ -106,6 +148,20 @@ def _one_margin_column(rows: list[dict], stats: Counter) -> None:
             r["margin"] = 0.0
             if not r.get("tie"):
                 stats["margin_0_without_strength"] += 1
+
+
+def _one_prompt_form(rows: list[dict], stats: Counter) -> None:
+    """Conversational rows and string rows do not mix in one file (a datasets/Arrow column has one
+    type, and TRL decides per dataset whether it is conversational): when any task is a
+    conversation, string prompts become a one-message user turn and their responses assistant turns."""
+    if not any(isinstance(r["prompt"], list) for r in rows):
+        return
+    for r in rows:
+        if isinstance(r["prompt"], str):
+            r["prompt"] = [{"role": "user", "content": r["prompt"]}]
+            r["chosen"], r["rejected"] = _reply(r["chosen"], True), _reply(r["rejected"], True)
+            stats["string_prompts_as_chat"] += 1
+    stats["conversational_rows"] = len(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,23 +198,40 @@ def _base(js: list[dict], agreement: float) -> dict:
     j = js[0]
     return {"task_id": j["task_id"], "annotator_ids": [x["annotator_id"] for x in js],
             "annotators": [x["annotator"] for x in js], "agreement": agreement, "n_annotators": len(js),
-            "calibration": j["calibration"]}
+            "calibration": j["calibration"], "rationales": [x["rationale"] for x in js]}
+
+
+def _is_chat(j: dict) -> bool:
+    return j.get("messages") is not None
+
+
+def _reply(text: str, chat: bool) -> str | list[dict]:
+    """A response as exported: TRL's conversational preference format makes it the assistant turn."""
+    return [{"role": "assistant", "content": text}] if chat else text
 
 
 def _pair_row(j: dict, a: int, b: int, label: str, margin: float | None) -> dict | None:
-    """prompt/chosen/rejected for positions a, b; None when both texts are the same."""
+    """prompt/chosen/rejected for positions a, b; None when both texts are the same. A conversational
+    task gives TRL's conversational preference row: the prompt conversation, and chosen/rejected
+    as one-message assistant turns (what ``rlhfkit.data.formats`` renders with the chat template)."""
     texts, ids, models = j["texts"], j["response_ids"], j["model_ids"]
     if texts[a] == texts[b]:
         return None
     c, r = (b, a) if label == "B" else (a, b)
     tie = label in _TIE_LABELS
-    return {"prompt": j["prompt"], "chosen": texts[c], "rejected": texts[r],
+    chat = _is_chat(j)
+    return {"prompt": [dict(m) for m in j["messages"]] if chat else j["prompt"],
+            "chosen": _reply(texts[c], chat), "rejected": _reply(texts[r], chat),
             "margin": None if tie else margin, "tie": tie, "tie_kind": label if tie else None,
             "chosen_id": ids[c], "rejected_id": ids[r],
             "chosen_model": models[c], "rejected_model": models[r]}
 
 
 def _ranking_row(j: dict, ranks: list[int]) -> dict:
+    if _is_chat(j):
+        raise DataError("its tasks are conversations, and the ranking format (prompt, responses, ranks) "
+                        "has no conversational form; export them with rankings=pairs",
+                        source=f"task {j['task_id']}")
     return {"prompt": j["prompt"], "responses": list(j["texts"]), "ranks": ranks,
             "response_ids": list(j["response_ids"]), "model_ids": list(j["model_ids"])}
 
@@ -187,7 +260,7 @@ def _judgement_rows(js, labels, agreement, *, ties, rankings, margins, stats) ->
     base = _base(js, agreement)
     for j, lab in zip(js, labels):
         extra = {**base, "judgement_id": j["judgement_id"], "annotator": j["annotator"],
-                 "annotator_id": j["annotator_id"], "strength": j["strength"]}
+                 "annotator_id": j["annotator_id"], "strength": j["strength"], "rationale": j["rationale"]}
         is_tie = any(v in _TIE_LABELS for v in lab.values())
         if rankings == "ranking":
             ranks = _ranks_from_labels(lab, len(j["texts"]))

@@ -31,8 +31,10 @@ Design decisions, each tied to a property the data must have:
 
 Modules: ``schema`` (tables), ``engine`` (opening, migrations), ``errors`` and ``views`` (what
 callers catch and receive), and one mixin per concern that :class:`FeedbackStore` combines:
-``projects``, ``accounts`` (note 4), ``queue`` (notes 1-3; ``canonical`` validates submissions)
-and ``readback``. Import from this package: the split into modules is not part of the API.
+``projects``, ``accounts`` (note 4), ``people`` (membership, gold questions), ``queue`` (notes 1-3;
+``canonical`` validates submissions),
+``revisions`` (an annotator revising their last judgement) and ``readback``. Import from this
+package: the split into modules is not part of the API.
 """
 
 from __future__ import annotations
@@ -41,21 +43,23 @@ import os
 from datetime import timedelta
 from typing import Self
 
-from sqlalchemy.orm import sessionmaker
-
 from .accounts import AccountsMixin
-from .engine import head_revision, make_engine, resolve_url, upgrade
-from .errors import ConflictError, NotFoundError, StoreError
+from .engine import head_revision, make_engine, resolve_url, session_factory, upgrade
+from .errors import ConflictError, ForbiddenError, NotFoundError, StoreError
+from .people import PeopleMixin
 from .projects import ProjectsMixin
 from .queue import QueueMixin, displayed_order
 from .readback import ReadbackMixin
+from .revisions import RevisionsMixin
 from .schema import (
     Annotator,
     Assignment,
     Base,
     Guideline,
     Judgement,
+    JudgementRevision,
     Project,
+    ProjectMember,
     Prompt,
     Response,
     SessionToken,
@@ -66,7 +70,8 @@ from .schema import (
 from .views import AnnotatorInfo, ProjectInfo, TaskView
 
 
-class FeedbackStore(ProjectsMixin, AccountsMixin, QueueMixin, ReadbackMixin):
+class FeedbackStore(ProjectsMixin, AccountsMixin, PeopleMixin, QueueMixin, RevisionsMixin,
+                    ReadbackMixin):
     """All reads and writes of human feedback; every public method is one transaction.
 
     ``url``: a SQLAlchemy URL or a plain file path (SQLite, WAL mode, foreign keys on).
@@ -80,7 +85,7 @@ class FeedbackStore(ProjectsMixin, AccountsMixin, QueueMixin, ReadbackMixin):
         self.lease = timedelta(seconds=lease_seconds)
         self.session_life = timedelta(days=session_days)
         self.revision = upgrade(self.engine)
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._session = session_factory(self.engine, self.url)  # serialized for SQLite (engine.py)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -97,7 +102,7 @@ class FeedbackStore(ProjectsMixin, AccountsMixin, QueueMixin, ReadbackMixin):
 
 
 # The tables are exported too: collect.py counts rows with them, migrations/env.py reads Base.metadata.
-__all__ = ["Annotator", "AnnotatorInfo", "Assignment", "Base", "ConflictError", "FeedbackStore", "Guideline",
-           "Judgement", "NotFoundError", "Project", "ProjectInfo", "Prompt", "Response", "SessionToken",
-           "Skip", "StoreError", "Task", "TaskResponse", "TaskView", "displayed_order", "head_revision",
-           "resolve_url", "upgrade"]
+__all__ = ["Annotator", "AnnotatorInfo", "Assignment", "Base", "ConflictError", "FeedbackStore",
+           "ForbiddenError", "Guideline", "Judgement", "JudgementRevision", "NotFoundError", "Project",
+           "ProjectInfo", "ProjectMember", "Prompt", "Response", "SessionToken", "Skip", "StoreError",
+           "Task", "TaskResponse", "TaskView", "displayed_order", "head_revision", "resolve_url", "upgrade"]

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import StoreError
 
@@ -37,15 +40,24 @@ def resolve_url(url: str | os.PathLike) -> str:
     return f"sqlite:///{path}"
 
 
+# Connections held at once. SQLAlchemy's default (5 + 10 overflow) is below the web server's worker
+# threads (Starlette runs sync routes on 40), so 50 annotators at once queued for a connection and
+# timed out after 30 s (tests/test_feedback_concurrency.py). 50 covers those threads and stays inside
+# PostgreSQL's default max_connections (100); a SQLite connection is only a file handle.
+POOL = {"pool_size": 10, "max_overflow": 40}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for SQLite, one set up for concurrent readers and one safe writer."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **POOL)
     # The pysqlite driver's own transaction handling defers BEGIN and never takes the write lock up
     # front; disable it and issue BEGIN IMMEDIATE ourselves, so a read-then-write transaction
     # (next_task: count slots, then reserve one) holds the write lock from its first read and two
     # of them serialise instead of both seeing the same free slot.
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60.0})
+    memory = ":memory:" in url or url in ("sqlite://", "sqlite:///")
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60.0},
+                           **({} if memory else POOL))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -65,6 +77,36 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class SerializedSessions:
+    """A ``sessionmaker`` stand-in for SQLite whose ``begin()`` transactions take turns on a lock of
+    this process.
+
+    Every transaction here opens with BEGIN IMMEDIATE (one writer at a time), and SQLite makes the
+    others wait by sleeping and retrying until ``busy_timeout``: with 50 threads at once
+    (tests/test_feedback_concurrency.py) some lost that lottery for over a minute and failed with
+    "database is locked". Waiting on a lock instead queues them without polling and without a time
+    limit; other processes on the same file still meet the busy timeout. Reentrant, so a thread
+    never blocks on itself."""
+
+    def __init__(self, factory: sessionmaker):
+        self._factory = factory
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        with self._lock, self._factory.begin() as s:
+            yield s
+
+    def __call__(self, **kw) -> Session:
+        return self._factory(**kw)
+
+
+def session_factory(engine: Engine, url: str):
+    """What the store opens transactions with: a plain sessionmaker, serialized for SQLite."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    return SerializedSessions(factory) if url.startswith("sqlite") else factory
 
 
 # Alembic's ``context`` is a module-level proxy, so two stores opened at once in one process (web

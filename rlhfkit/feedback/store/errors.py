@@ -21,3 +21,8 @@ class NotFoundError(StoreError):
 class ConflictError(StoreError):
     """The request clashes with what is stored: already judged differently, name taken, task
     full (a 409)."""
+
+
+class ForbiddenError(StoreError):
+    """The annotator may not do this: the account is deactivated, or the project is for its members
+    only (a 403)."""

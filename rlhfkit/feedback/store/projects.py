@@ -33,7 +33,8 @@ def guideline_version(s: Session, project_id: int) -> int:
 def _info(s: Session, p: Project) -> ProjectInfo:
     g = s.scalar(select(Guideline).where(Guideline.project_id == p.id).order_by(Guideline.version.desc()))
     return ProjectInfo(id=p.id, name=p.name, guidelines=g.markdown if g else "",
-                       guideline_version=g.version if g else 0, annotators_per_task=p.annotators_per_task)
+                       guideline_version=g.version if g else 0, annotators_per_task=p.annotators_per_task,
+                       members_only=bool(p.members_only))
 
 
 class ProjectsMixin:

@@ -13,6 +13,7 @@ class ProjectInfo:
     guidelines: str
     guideline_version: int
     annotators_per_task: int
+    members_only: bool = False  # only its members (and admins) may label it
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class AnnotatorInfo:
     id: int
     name: str
     role: str  # "admin" | "annotator"
+    active: bool = True  # False: deactivated, cannot log in
+    must_change_password: bool = False  # invited or reset: must choose a password before anything else
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,12 @@ class TaskView:
     calibration: bool
     guideline_version: int
     kind: str  # "pair" | "ranking"
+    # What annotators are shown instead of the response ids (sequential ids would leak import order,
+    # hence model identity): one random handle per response of this task, aligned with ``responses``.
+    handles: tuple[str, ...] = ()
+    # A conversational prompt's chat history ({"role", "content"} dicts); None for a string prompt.
+    messages: tuple[dict, ...] | None = None
+    # Set when this view reopens the annotator's own judgement for revision: its id and the answer
+    # relative to the order shown: {"choice", "strength", "rationale", "ranks": {handle: rank}}.
+    revision_of: int | None = None
+    answer: dict | None = None

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -17,6 +16,8 @@ from starlette.exceptions import HTTPException
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback import analytics
 from rlhfkit.feedback.export import export_rows
+from rlhfkit.feedback.quality import gold_accuracy
+from rlhfkit.feedback.store.accounts import generated_password
 from rlhfkit.feedback.web.deps import Store, progress_for, project_or_404
 from rlhfkit.feedback.web.errors import status_for
 from rlhfkit.feedback.web.markdown import render_markdown
@@ -47,9 +48,11 @@ async def invite(request: Request, me: PageAdmin, store: Store):
         return render(request, "admin.html", status=400, rows=rows, invited=None,
                       people=await run_in_threadpool(store.list_annotators),
                       error="field 'name' is required and 'role' must be annotator or admin")
-    password = secrets.token_urlsafe(12)  # shown once on this page, stored only hashed
+    password = generated_password()  # shown once on this page, stored only hashed
     try:
-        who = await run_in_threadpool(store.add_annotator, name, password, role)
+        # The admin saw the password: the invited person must replace it at their first login.
+        who = await run_in_threadpool(lambda: store.add_annotator(name, password, role,
+                                                                  must_change_password=True))
     except (RlhfkitError, ValueError) as e:  # e.g. the name is taken (ConflictError -> 409)
         return render(request, "admin.html", status=status_for(e), rows=rows,
                       people=await run_in_threadpool(store.list_annotators), invited=None, error=str(e))
@@ -61,7 +64,10 @@ async def invite(request: Request, me: PageAdmin, store: Store):
 def admin_project(request: Request, name: str, me: PageAdmin, store: Store):
     project = project_or_404(store, name)
     js = store.judgements(name)
+    gold = {row["annotator"]: row for row in gold_accuracy(js).values()}
+    members = store.members(name)
     return render(request, "admin_project.html", project=project, progress=progress_for(store, name, me),
+                  gold=gold, members=members, people=store.list_annotators(),
                   n_judgements=len(js), agreement=analytics.agreement_summary(js),
                   annotators=analytics.annotator_stats(js), bias=analytics.position_bias(js),
                   board=analytics.leaderboard(js, n_boot=200, seed=0),
@@ -79,11 +85,13 @@ async def update_guidelines(request: Request, name: str, me: PageAdmin, store: S
 
 @router.get("/admin/projects/{name}/export")
 def export(request: Request, name: str, me: PageAdmin, store: Store,
-           aggregate: Literal["judgement", "majority"] = "judgement", ties: Literal["drop", "keep"] = "drop"):
-    """The same rows `rlhf label export` writes, as a JSONL download."""
+           aggregate: Literal["judgement", "majority"] = "judgement", ties: Literal["drop", "keep"] = "drop",
+           exclude_below: Annotated[float | None, Query(ge=0.0, le=1.0)] = None):
+    """The same rows `rlhf label export` writes, as a JSONL download (``exclude_below``: drop
+    annotators under that gold accuracy, as `rlhf label export exclude_below=...` does)."""
     project_or_404(store, name)
     try:
-        rows = export_rows(store, name, aggregate=aggregate, ties=ties)[0]
+        rows = export_rows(store, name, aggregate=aggregate, ties=ties, exclude_below=exclude_below)[0]
     except (RlhfkitError, ValueError) as e:
         raise HTTPException(400, str(e)) from None
     body = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.feedback.web import admin, api, pages
+from rlhfkit.feedback.web import admin, api, pages, people, review
 from rlhfkit.feedback.web.errors import add_exception_handlers
 from rlhfkit.feedback.web.security import MAX_BODY_BYTES, LoginThrottle, security_headers
 from rlhfkit.feedback.web.templating import STATIC_DIR, make_env
@@ -22,6 +22,7 @@ from rlhfkit.feedback.web.templating import STATIC_DIR, make_env
 
 def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
                login_max_failures: int = 5, login_window_s: float = 300.0,
+               login_max_failures_per_address: int | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app over the feedback store at ``store_url``.
 
@@ -34,13 +35,15 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
     app = FastAPI(title="rlhfkit feedback", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.secret_key = (secret or secrets.token_hex(32)).encode()
-    app.state.throttle = LoginThrottle(login_max_failures, login_window_s)
+    # Per name and per address (LoginThrottle); the address limit defaults to 4 x the name limit.
+    per_address = {"per_address": login_max_failures_per_address} if login_max_failures_per_address else {}
+    app.state.throttle = LoginThrottle(login_max_failures, login_window_s, **per_address)
     app.state.max_body_bytes = max_body_bytes
     app.state.templates = make_env()
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.middleware("http")(security_headers)
     add_exception_handlers(app)
-    for router in (pages.router, admin.router, api.router):
+    for router in (pages.router, admin.router, people.router, review.router, api.router):
         app.include_router(router)
     return app
 

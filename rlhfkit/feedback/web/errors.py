@@ -8,14 +8,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 
-from rlhfkit.feedback.web.security import LoginRequired
+from rlhfkit.feedback.store.errors import StoreError
+from rlhfkit.feedback.web.security import LoginRequired, PasswordChangeRequired
 from rlhfkit.feedback.web.templating import render
 
 
 def status_for(err: Exception) -> int:
-    """HTTP status of a store error: the store's classes say it (NotFoundError 404,
-    ConflictError 409, any other validation error 400); their messages name the field."""
-    from rlhfkit.feedback.store import ConflictError, NotFoundError
+    """HTTP status of a store error: the store's classes say it (NotFoundError 404, ForbiddenError
+    403, ConflictError 409, any other validation error 400); their messages name the field."""
+    from rlhfkit.feedback.store import ConflictError, ForbiddenError, NotFoundError
+    if isinstance(err, ForbiddenError):
+        return 403
     if isinstance(err, NotFoundError):
         return 404
     if isinstance(err, ConflictError):
@@ -29,6 +32,16 @@ def store_error(err: Exception) -> HTTPException:
 
 async def _login_redirect(request: Request, exc: LoginRequired):
     return RedirectResponse("/login", status_code=303)
+
+
+async def _password_redirect(request: Request, exc: PasswordChangeRequired):
+    return RedirectResponse("/account", status_code=303)
+
+
+async def _store_error(request: Request, exc: StoreError):
+    # A store error no route caught (e.g. ForbiddenError from next_task for a non-member): the same
+    # status and message as the routes that do catch them.
+    return await _http_error(request, store_error(exc))
 
 
 async def _http_error(request: Request, exc: HTTPException):
@@ -55,5 +68,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, _login_redirect)
+    app.add_exception_handler(PasswordChangeRequired, _password_redirect)
+    app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -5,6 +5,7 @@ Both name the offending field, so bad input is a 422 (API) or 400 (form), never 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
@@ -15,6 +16,9 @@ from rlhfkit.feedback.store.canonical import MAX_RATIONALE
 CHOICES = ("A", "B", "tie_good", "tie_bad")
 MAX_ID = 2 ** 63 - 1  # database integer keys are 64-bit: a larger id is a 422, not a driver overflow
 TaskId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+# A response as annotators know it: the opaque per-task handle (store.TaskView.handles), never its id.
+HANDLE_PATTERN = r"^[0-9a-f]{16}$"
+Handle = Annotated[str, Field(pattern=HANDLE_PATTERN)]
 
 
 class LoginIn(BaseModel):
@@ -36,11 +40,11 @@ class JudgementIn(BaseModel):
     choice: Literal["A", "B", "tie_good", "tie_bad"] | None = None
     """Pairs: "A" = first shown (left), "B" = second (right), "tie_good", "tie_bad"."""
     strength: int | None = Field(None, ge=1, le=4)
-    ranking: list[list[Annotated[int, Field(ge=1, le=MAX_ID)]]] | None = None
-    """K-way tasks: groups of response ids, best first; ids in one group are tied."""
+    ranking: list[list[Handle]] | None = None
+    """K-way tasks: groups of response handles, best first; handles in one group are tied."""
     rationale: str | None = Field(None, max_length=MAX_RATIONALE, pattern=r"^[^\x00]*$")
-    displayed_order: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=2)
-    """The response ids in the order they were shown."""
+    displayed_order: list[Handle] = Field(min_length=2)
+    """The response handles in the order they were shown."""
     seconds: float | None = Field(None, ge=0, le=7 * 24 * 3600, allow_inf_nan=False)
 
     @model_validator(mode="after")
@@ -60,10 +64,9 @@ class FormError(ValueError):
 
 def judgement_from_form(form: Any) -> dict:
     """The labeling form's fields -> keyword arguments of ``store.submit``."""
-    try:
-        order = [int(x) for x in str(form.get("displayed_order", "")).split(",") if x.strip()]
-    except ValueError:
-        raise FormError("field 'displayed_order': not a comma-separated list of ids") from None
+    order = [x.strip() for x in str(form.get("displayed_order", "")).split(",") if x.strip()]
+    if not order or not all(re.match(HANDLE_PATTERN, x) for x in order):
+        raise FormError("field 'displayed_order': not a comma-separated list of response handles")
     seconds = None
     if str(form.get("seconds", "")).strip():
         try:
@@ -84,11 +87,13 @@ def judgement_from_form(form: Any) -> dict:
                            "seconds": seconds}
     rank_fields = {k: v for k, v in form.items() if k.startswith("rank_")}
     if rank_fields:
-        # K-way: rank numbers per response, equal numbers = tied; groups best (lowest) first
-        groups: dict[int, list[int]] = {}
+        # K-way: rank numbers per response handle, equal numbers = tied; groups best (lowest) first
+        groups: dict[int, list[str]] = {}
         for k, v in rank_fields.items():
+            if not re.match(HANDLE_PATTERN, k[len("rank_"):]):
+                raise FormError(f"field '{k[:40]}': not a rank of a response of this task")
             try:
-                groups.setdefault(int(str(v)), []).append(int(k[len("rank_"):]))
+                groups.setdefault(int(str(v)), []).append(k[len("rank_"):])
             except ValueError:
                 raise FormError(f"field '{k}': rank must be an integer") from None
         out["ranking"] = [sorted(groups[r]) for r in sorted(groups)]
@@ -98,3 +103,12 @@ def judgement_from_form(form: Any) -> dict:
         raise FormError("field 'choice': pick A, B, tie (both good) or both bad")
     out["choice"] = choice
     return out
+
+
+def prefill_from_form(form: Any) -> dict:
+    """What the annotator had entered, to put back into the page when the server refuses the post
+    (a validation error must not wipe a typed rationale or a ranking)."""
+    ranks = {k[len("rank_"):]: str(v)[:3] for k, v in form.items()
+             if k.startswith("rank_") and re.match(HANDLE_PATTERN, k[len("rank_"):])}
+    return {"choice": str(form.get("choice", ""))[:16], "strength": str(form.get("strength", ""))[:2],
+            "rationale": str(form.get("rationale", ""))[:MAX_RATIONALE], "ranks": ranks}

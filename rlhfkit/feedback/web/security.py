@@ -48,13 +48,25 @@ def check_csrf(request: Request, form: Any) -> None:
 
 
 class LoginThrottle:
-    """Failed logins per (client address, name) in a sliding window, in this process's memory
-    (one `rlhf label serve` process; behind several workers each counts its own)."""
+    """Failed logins per key in a sliding window, in this process's memory (one `rlhf label serve`
+    process; behind several workers each counts its own).
 
-    def __init__(self, max_failures: int, window_s: float, clock=time.monotonic):
+    A login attempt is charged to two keys (:func:`throttle_keys`): the account name from any
+    address, so neither a spoofed ``X-Forwarded-For`` nor a pool of addresses buys more guesses at
+    one password, and the client address over all names, so one password cannot be sprayed across
+    every account. An address gets ``per_address`` failures (default 4 x ``max_failures``: several
+    people typing behind one office NAT must not lock each other out); any other key
+    ``max_failures``."""
+
+    def __init__(self, max_failures: int, window_s: float, clock=time.monotonic, *,
+                 per_address: int | None = None):
         self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.per_address = per_address or 4 * max_failures
         self._failures: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
+
+    def _limit(self, key: tuple[str, str]) -> int:
+        return self.per_address if key[0] == "address" else self.max_failures
 
     def _recent(self, key: tuple[str, str], now: float) -> list[float]:
         times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
@@ -69,9 +81,10 @@ class LoginThrottle:
         with self._lock:
             now = self.clock()
             times = self._recent(key, now)
-            if len(times) < self.max_failures:
+            limit = self._limit(key)
+            if len(times) < limit:
                 return 0
-            return max(1, math.ceil(times[-self.max_failures] + self.window_s - now))
+            return max(1, math.ceil(times[-limit] + self.window_s - now))
 
     def failed(self, key: tuple[str, str]) -> None:
         with self._lock:
@@ -82,8 +95,30 @@ class LoginThrottle:
             self._failures.pop(key, None)
 
 
-def throttle_key(request: Request, name: str) -> tuple[str, str]:
-    return (request.client.host if request.client else "?", name.strip().lower())
+def throttle_keys(request: Request, name: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The (name, address) keys a login attempt for ``name`` is charged to (see LoginThrottle)."""
+    return ("name", name.strip().lower()), ("address", request.client.host if request.client else "?")
+
+
+def login_refusal(throttle: LoginThrottle, request: Request, name: str) -> tuple[int, str] | None:
+    """(seconds to wait, why) when this attempt must not even be checked; None when it may be."""
+    by_name, by_address = (throttle.retry_after(k) for k in throttle_keys(request, name))
+    if by_name:
+        return by_name, f"too many failed logins for this name: try again in {by_name} s"
+    if by_address:
+        return by_address, f"too many failed logins from this address: try again in {by_address} s"
+    return None
+
+
+def login_failed(throttle: LoginThrottle, request: Request, name: str) -> None:
+    for key in throttle_keys(request, name):
+        throttle.failed(key)
+
+
+def login_succeeded(throttle: LoginThrottle, request: Request, name: str) -> None:
+    # Only the name's count: a success must not wipe the address's count, or someone with one valid
+    # account could reset it between rounds of guessing at others.
+    throttle.succeeded(throttle_keys(request, name)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +127,15 @@ def throttle_key(request: Request, name: str) -> tuple[str, str]:
 
 class LoginRequired(Exception):
     """Raised by page dependencies; turned into a redirect to /login."""
+
+
+class PasswordChangeRequired(Exception):
+    """Raised by page dependencies for an account that must replace a password someone else saw
+    (invited, or reset by an admin); turned into a redirect to /account."""
+
+
+# What an account with ``must_change_password`` may still reach: changing it, and leaving.
+PASSWORD_CHANGE_PATHS = ("/account", "/logout", "/api/password")
 
 
 def page_user(request: Request, store: Store):
@@ -104,6 +148,8 @@ def page_user(request: Request, store: Store):
         raise LoginRequired()
     request.state.annotator = me
     request.state.session_token = token
+    if me.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS:
+        raise PasswordChangeRequired()
     return me
 
 
@@ -128,6 +174,8 @@ def api_user(request: Request, store: Store):
     me = store.annotator_for_session(token.strip())
     if me is None:
         raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
+    if me.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS:
+        raise HTTPException(403, "choose your own password first: POST /api/password {current, new}")
     return me
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test
+.PHONY: install browser postgres demo test
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ demo: install
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: install browser
+# The feedback-store tests run on SQLite and on PostgreSQL: they start a throwaway cluster with
+# Debian's server binaries (tests/_postgres.py), so the server package must be there; nothing is
+# started or configured system-wide. Under CI=true a missing server fails the tests instead of
+# skipping their PostgreSQL half.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: install browser postgres
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadgroup

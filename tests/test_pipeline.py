@@ -77,11 +77,14 @@ def test_quick_demo_end_to_end(tmp_path):
     # The printed table and the report give every policy the same verdict (the report's counts the
     # training run's alarms; evaluation.json carries that verdict, so the table does too).
     health_rows = text.split("## Health", 1)[1].split("\n## ", 1)[0]
-    table = r.stdout.rsplit("health", 1)[1].split("report:", 1)[0]
+    lines = r.stdout.splitlines()
+    head = max(i for i, ln in enumerate(lines) if ln.startswith("policy") and "win vs SFT" in ln)
+    table = lines[head + 1:head + 1 + len(pol)]  # the rows under the printed table's header
     for name in ("base", "sft", "rl-ppo", "dpo-dpo"):
         verdict = pol[name]["health"]["verdict"]
         assert f"| {name} | **{verdict}** |" in health_rows, (name, verdict, health_rows)
-        assert any(ln.startswith(name) and ln.rstrip().endswith(verdict) for ln in table.splitlines()), table
+        row = next(ln for ln in table if ln.split()[0] == name)
+        assert row.rstrip().endswith(verdict), (row, verdict)
     # The demo gives each comparison to one labeler: the report says why there is no agreement.
     assert "no task was judged by two annotators" in text
 

@@ -80,7 +80,9 @@ def gold_accuracy(model_dir: Path, pool) -> tuple[float, float, dict]:
 @pytest.mark.slow
 def test_reward_model_reaches_the_labelers_ceiling(pool):
     data = make_data(pool, SimulatedLabeler(temperature=HUMAN_LIKE_T, seed=0), "human_like")
-    final = train(rm_config(pool, data, "rm"))
+    # Three epochs: with two the model still underfits on some builds of the test world (measured on
+    # one: 0.665 against a ceiling of 0.728 after 2 epochs, 0.705 after 3).
+    final = train(rm_config(pool, data, "rm", num_epochs=3))
     acc, ceiling, _ = gold_accuracy(final, pool)
     print(f"RM accuracy vs gold {acc:.3f}, labeler Bayes accuracy {ceiling:.3f}")
     assert acc >= ceiling - 0.05, (acc, ceiling)

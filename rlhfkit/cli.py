@@ -50,6 +50,8 @@ LABEL_STAGES: dict[str, Stage] = {
                       "simulated annotators answer a project's queue through the store"),
     "export": Stage("LabelExportConfig", "rlhfkit.feedback.export:export",
                     "export judgements as a preference dataset (prompt/chosen/rejected) for reward and dpo"),
+    "judge": Stage("LabelJudgeConfig", "rlhfkit.feedback.judges:judge_labels",
+                   "AI judges (reward model, function, local LM, OpenAI-compatible API) answer the queue"),
     "serve": Stage("LabelServeConfig", "rlhfkit.feedback.app:serve",
                    "serve the annotator web UI, JSON API and admin pages (agreement, leaderboard, export)"),
 }
@@ -144,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def continue_hint(stage_name: str) -> str:
+    """How to continue an interrupted stage: `resume=true` where its config has that key (training
+    stages), else the same command again (a pipeline skips its finished steps; collection, labelling
+    and judging are idempotent, and a judge's answers are journaled)."""
+    stage = STAGES.get(stage_name) or LABEL_STAGES.get(stage_name.removeprefix("label "))
+    if stage is not None:
+        from rlhfkit import config as config_mod
+
+        if "resume" in getattr(config_mod, stage.config).model_fields:
+            return "rerun with resume=true to continue"
+    return "rerun the same command to continue"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf {args._stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"rlhf {args._stage}: interrupted; rerun with resume=true to continue", file=sys.stderr)
+        print(f"rlhf {args._stage}: interrupted; {continue_hint(args._stage)}", file=sys.stderr)
         return 130
 
 

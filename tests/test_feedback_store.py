@@ -40,7 +40,7 @@ def _ann(store, name):
 def test_fresh_db_is_at_head_wal_and_reopening_is_a_noop(tmp_path):
     path = tmp_path / "new.db"
     s1 = FeedbackStore(path)
-    assert s1.revision == head_revision() == "0003"
+    assert s1.revision == head_revision() == "0004"
     assert s1.journal_mode() == "wal"
     tables = set(inspect(s1.engine).get_table_names())
     assert {"projects", "guidelines", "prompts", "responses", "tasks", "task_responses", "annotators",
@@ -48,7 +48,7 @@ def test_fresh_db_is_at_head_wal_and_reopening_is_a_noop(tmp_path):
     s1.create_project("p")
     s1.close()
     s2 = FeedbackStore(f"sqlite:///{path}")  # the same file by URL: nothing re-created, data kept
-    assert s2.revision == "0003"
+    assert s2.revision == "0004"
     assert [p.name for p in s2.list_projects()] == ["p"]
     with s2.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -8,7 +8,8 @@ on it. All validation happens in :mod:`rlhfkit.config.loading`, before a stage l
 - base.py: BaseConfig (strict settings, named errors for removed keys), RunConfig (output_dir,
   seed), check_model_path (and the paths a pipeline plans, planned_paths) and shared field types;
 - train.py: TrainConfig, SFT / reward / DPO (with MicroBatchConfig), ScoreConfig; rl.py: PPOConfig;
-- feedback.py: collect and label simulate / export / serve; tools.py: synth, gold-score, evaluate;
+- feedback.py: collect and label simulate / export / serve; judge.py: label judge (AI judges);
+  tools.py: synth, gold-score, evaluate;
 - pipeline.py: PipelineConfig and its typed sections; loading.py: YAML, overrides, errors, --help.
 
 Importing this package does not import torch (the CLI builds its --help from it).
@@ -17,6 +18,7 @@ Importing this package does not import torch (the CLI builds its --help from it)
 from rlhfkit.config.base import (REWARD_FN, BaseConfig, RunConfig, check_gold_spec, check_model_path,
                                  check_reward_spec, planned_paths)
 from rlhfkit.config.feedback import CollectConfig, LabelExportConfig, LabelServeConfig, LabelSimulateConfig
+from rlhfkit.config.judge import LabelJudgeConfig
 from rlhfkit.config.loading import (config_from_dict, describe_fields, load_config, parse_overrides,
                                     read_yaml, save_config)
 from rlhfkit.config.pipeline import (SET_BY_PIPELINE, CollectSection, DPOSection, EvaluateSection,
@@ -32,7 +34,7 @@ __all__ = [
     "planned_paths",
     "TrainConfig", "MicroBatchConfig", "SFTConfig", "PairTrainConfig", "RewardConfig", "DPOConfig",
     "ScoreConfig", "PPOConfig",
-    "CollectConfig", "LabelSimulateConfig", "LabelExportConfig", "LabelServeConfig",
+    "CollectConfig", "LabelSimulateConfig", "LabelExportConfig", "LabelServeConfig", "LabelJudgeConfig",
     "SynthConfig", "GoldScoreConfig", "EvaluateConfig",
     "PipelineConfig", "Section", "SET_BY_PIPELINE", "SynthSection", "SFTSection", "CollectSection",
     "LabelSection", "ExportSection", "RewardSection", "PPOSection", "DPOSection", "EvaluateSection",

@@ -185,8 +185,11 @@ class LabelExportConfig(BaseConfig):
     output: str
     """A `.jsonl` file, or a directory written with `datasets.Dataset.save_to_disk`."""
 
-    aggregate: Literal["judgement", "majority"] = "judgement"
-    """One row per judgement, or one row per task with the majority label and its `agreement`."""
+    aggregate: Literal["judgement", "majority", "dawid_skene"] = "judgement"
+    """One row per judgement; one row per task with the majority label and its `agreement`; or
+    (`dawid_skene`) one row per task weighted by each annotator's estimated reliability (Dawid-Skene
+    EM), oriented by the posterior with `label_confidence` = P(chosen is better), a soft label that
+    `rlhf reward` and `rlhf dpo` train on; the summary lists each annotator's estimated accuracy."""
 
     ties: Literal["drop", "keep"] = "drop"
     """Drop tied judgements, or keep them as rows with `tie: true` (for tie-aware reward losses)."""
@@ -208,6 +211,19 @@ class LabelExportConfig(BaseConfig):
     """Drop every judgement of annotators whose accuracy on the project's gold questions is under this
     (e.g. 0.7); the summary says how many annotators and judgements were dropped. Annotators who
     judged no gold question are kept. Needs gold questions (marked on the project's admin page)."""
+
+    judges: Literal["all", "calibrated", "none"] = "all"
+    """AI judges' judgements (annotators with role `judge`): `all` keeps them, `none` drops them,
+    `calibrated` keeps a judge only if its Cohen's kappa with the human majority is at least the
+    human-human kappa minus `judge_margin` (rlhfkit.feedback.calibration); the summary names every
+    judge, kept or dropped, with its kappa, the human kappa and the margin."""
+
+    judge_margin: float = Field(0.1, ge=0.0, le=2.0)
+    """How far below the human-human kappa a judge's kappa may be and still be kept (`judges=calibrated`)."""
+
+    judge_min_tasks: int = Field(20, ge=2)
+    """`judges=calibrated` drops a judge sharing fewer tasks than this with people (kappa over fewer is
+    mostly noise), and needs two people sharing this many to estimate the human-human kappa."""
 
     @field_validator("margins")
     @classmethod

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from rlhfkit.config.base import BaseConfig, RunConfig, check_gold_spec, misplaced_key
+from rlhfkit.config.base import BaseConfig, RunConfig, check_gold_spec, misplaced_key, planned_paths
 from rlhfkit.config.feedback import CollectConfig, LabelExportConfig, LabelSimulateConfig
+from rlhfkit.config.judge import JUDGE_KINDS, LabelJudgeConfig, _judge_error
 from rlhfkit.config.rl import PPOConfig
 from rlhfkit.config.tools import SynthConfig
 from rlhfkit.config.train import DPOConfig, RewardConfig, SFTConfig
@@ -26,6 +27,7 @@ SET_BY_PIPELINE: dict[str, tuple[str, ...]] = {
     "sft": ("output_dir", "resume"),
     "collect": ("output_dir", "store", "project", "models", "selection_model"),
     "label": ("output_dir", "store", "project"),
+    "judge": ("output_dir", "store", "project"),
     "export": ("store", "project", "output"),
     "reward": ("output_dir", "data", "resume"),
     "rl": ("output_dir", "model", "resume"),
@@ -67,9 +69,10 @@ def stage_section(name: str, stage: type[BaseConfig], section: str,
 class _LabelMode(Section):
     """How judgements are made; the keys of the other mode do not apply."""
 
-    mode: Literal["simulate", "people"] = "simulate"
+    mode: Literal["simulate", "people", "off"] = "simulate"
     """'simulate': simulated annotators (`rlhf label simulate` keys); 'people': annotators label in
-    `rlhf label serve` while the pipeline waits for `target` judgements."""
+    `rlhf label serve` while the pipeline waits for `target` judgements (of people: AI judges' do not
+    count); 'off': no labelling step, the `judge` section's AI judges label alone."""
 
     target: int | None = Field(None, gt=0)
     """mode 'people': judgements in the project to wait for before the round goes on."""
@@ -80,11 +83,18 @@ class _LabelMode(Section):
     timeout_seconds: float = Field(86400.0, gt=0.0)
     """mode 'people': give up (the re-run waits again) after this long."""
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     @model_validator(mode="after")
     def _keys_fit_mode(self) -> _LabelMode:
         people = {"target", "poll_seconds", "timeout_seconds"}
         given = self.model_fields_set - {"mode"}
         wrong = sorted(given - people if self.mode == "people" else given & people)
+        if self.mode == "off":
+            wrong = sorted(given)
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: not a key of label mode '{self.mode}'")
         if self.mode == "people" and self.target is None:
@@ -92,10 +102,40 @@ class _LabelMode(Section):
         return self
 
 
+class _JudgeRun(Section):
+    """One AI judge of the pipeline: `rlhf label judge` keys; `judge` (the spec) is required."""
+
+    @field_validator("judge", mode="before", check_fields=False)
+    @classmethod
+    def _judge_kind(cls, v: Any) -> Any:
+        # As LabelJudgeConfig's own check (the error names `judge.<key>`), with `${world}` paths
+        # accepted as planned: they are checked again, resolved, when the plan is built.
+        if v is None or isinstance(v, BaseModel):
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"judge must be a mapping with a `kind` ({', '.join(JUDGE_KINDS)}), got {v!r}")
+        spec_cls = JUDGE_KINDS.get(v.get("kind"))
+        if spec_cls is None:
+            raise ValueError(f"judge.kind must be one of {', '.join(JUDGE_KINDS)}, got {v.get('kind')!r}")
+        try:
+            with planned_paths(["${world}"]):
+                return spec_cls.model_validate(v)
+        except ValidationError as e:
+            raise ValueError("; ".join(_judge_error(err) for err in e.errors())) from None
+
+    @model_validator(mode="after")
+    def _has_spec(self) -> _JudgeRun:
+        if getattr(self, "judge", None) is None:
+            raise ValueError("a judge needs `judge:` (a mapping with `kind` and that kind's keys, as in "
+                             "`rlhf label judge`)")
+        return self
+
+
 SynthSection = stage_section("SynthSection", SynthConfig, "world")
 SFTSection = stage_section("SFTSection", SFTConfig, "sft")
 CollectSection = stage_section("CollectSection", CollectConfig, "collect")
 LabelSection = stage_section("LabelSection", LabelSimulateConfig, "label", base=_LabelMode)
+JudgeSection = stage_section("JudgeSection", LabelJudgeConfig, "judge", base=_JudgeRun)
 ExportSection = stage_section("ExportSection", LabelExportConfig, "export")
 RewardSection = stage_section("RewardSection", RewardConfig, "reward")
 PPOSection = stage_section("PPOSection", PPOConfig, "rl")
@@ -161,11 +201,22 @@ class PipelineConfig(RunConfig):
     """`rlhf collect` keys (prompts, num_samples, pairs_per_prompt, select, ...)."""
 
     label: LabelSection = Field(default_factory=lambda: LabelSection(mode="simulate"))
-    """mode 'simulate' (`rlhf label simulate` keys) or 'people' (target: judgements to wait for;
-    poll_seconds; timeout_seconds) while annotators label in `rlhf label serve`."""
+    """mode 'simulate' (`rlhf label simulate` keys), 'people' (target: judgements to wait for;
+    poll_seconds; timeout_seconds) while annotators label in `rlhf label serve`, or 'off' (`label: off`
+    or `label: null` too; only with a `judge` section: the AI judges label alone)."""
+
+    judge: dict[str, JudgeSection] = Field(default_factory=dict)
+    """AI judges by name, each `rlhf label judge` keys (`judge: {kind: ...}`, inconsistent,
+    strength_bins, max_tasks; `name`, the annotator's name, defaults to the entry's name). Each round,
+    after collect and before the simulated or human labelling, every judge answers the round's tasks
+    (step `round<r>/judge-<name>`), taking one of each task's `collect.annotators_per_task` slots:
+    that must be at least the number of judges plus one person (none with `label: off`); when not
+    given it is set to exactly that. Give judges + 2 or more for `export.judges: calibrated`, which
+    needs two people on the same tasks to measure the human-human kappa. A judge's annotator keeps
+    its spec: a changed spec needs a new entry name (or `name`)."""
 
     export: ExportSection = Field(default_factory=ExportSection)
-    """`rlhf label export` keys (aggregate, ties, min_agreement)."""
+    """`rlhf label export` keys (aggregate, ties, min_agreement, judges, judge_margin, judge_min_tasks)."""
 
     reward: RewardSection | None = None
     """Reward-model training (`rlhf reward` keys); retrained each round on all comparisons so far."""
@@ -195,6 +246,12 @@ class PipelineConfig(RunConfig):
                         "before); remove it"))
         return data
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_off(cls, v: Any) -> Any:
+        # `label: null`, `label:` and `label: off` (YAML reads a bare `off` as false) are mode 'off'
+        return {"mode": "off"} if v is None or v is False else v
+
     @field_validator("rl", "dpo", mode="before")
     @classmethod
     def _empty_runs(cls, v: Any) -> Any:
@@ -209,9 +266,12 @@ class PipelineConfig(RunConfig):
             raise ValueError("collect needs `prompts` (a prompt file) or `responses` (a JSONL to import)")
         if not self.rl and not self.dpo:
             raise ValueError("nothing to train: add `rl` and/or `dpo` runs")
-        bad = [n for n in (*self.rl, *self.dpo) if not n.replace("-", "").replace("_", "").isalnum()]
+        names = (*self.rl, *self.dpo, *self.judge)
+        bad = [n for n in names if not n.replace("-", "").replace("_", "").isalnum()]
         if bad:
-            raise ValueError(f"run names must be letters, digits, '-' or '_': {bad}")
+            raise ValueError(f"run and judge names must be letters, digits, '-' or '_': {bad}")
+        if self.label.mode == "off" and not self.judge:
+            raise ValueError("label mode 'off' needs a `judge` section: nothing would label the comparisons")
         return self
 
 
@@ -220,7 +280,7 @@ def _named_sections(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for name in SET_BY_PIPELINE:
         value = data.get(name)
-        if name in ("rl", "dpo") and isinstance(value, dict):
+        if name in ("rl", "dpo", "judge") and isinstance(value, dict):
             found += [(f"{name}.{run}", sec) for run, sec in value.items() if isinstance(sec, dict)]
         elif isinstance(value, dict):
             found.append((name, value))

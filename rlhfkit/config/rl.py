@@ -6,12 +6,90 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhfkit.config.base import GOLD_RENAMED, REWARD_FN, Alarm, LrScheduler, check_gold_spec, check_model_path
+from rlhfkit.config.base import (GOLD_RENAMED, REWARD_FN, Alarm, BaseConfig, LrScheduler, check_gold_spec,
+                                 check_model_path, check_reward_spec)
 from rlhfkit.config.train import TrainConfig
 
 _TRUNCATED_SAMPLING = ("RL rollouts sample from the full temperature softmax, whose log-probs are the "
                        "ones trained on; top-k / top-p sampling would make PPO, RLOO and GRPO off-policy, "
                        "so these keys do not exist for this stage (use temperature)")
+
+
+class AuditWeights(BaseConfig):
+    """Weights of the suspicion score (rlhfkit/rl/audit.py): each signal is standardised within the
+    rollout batch, so the weights compare like with like."""
+
+    proxy: float = Field(1.0, ge=0.0)
+    """The proxy reward (what the policy is optimising)."""
+
+    gap: float = Field(1.0, ge=0.0)
+    """How much more the proxy likes the sample than the gold / judge does (needs `gold`)."""
+
+    length: float = Field(0.5, ge=0.0)
+    """Response length in tokens (length is the classic reward hack)."""
+
+    similarity: float = Field(0.5, ge=0.0)
+    """Mean bigram similarity to the other samples of the batch (low diversity, a collapse sign)."""
+
+
+class AuditSimulate(BaseConfig):
+    """Simulated annotators answering each audit round at once (the demo); people answer in the web UI."""
+
+    reward: str = "gold"
+    """The reward they judge by: "gold" (the synthetic world's) or "module:function" (prompts,
+    completions) -> list of floats."""
+
+    temperature: float = Field(0.1, ge=0.0)
+    """Bradley-Terry temperature on reward differences (0 = always the higher reward)."""
+
+    seed: int = 0
+    """Seed of the simulated annotators' draws (with the step: a re-run gives the same answers)."""
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec(cls, v: str) -> str:
+        return check_reward_spec(v, "audit.simulate.reward")
+
+
+class AuditConfig(BaseConfig):
+    """The human audit queue of an RL run (rlhfkit/rl/audit.py)."""
+
+    store: str
+    """Feedback store: a SQLite file path or a SQLAlchemy URL (the pipeline's feedback.db to have the
+    audit judgements join the next round's preference data)."""
+
+    project: str
+    """Feedback project the audit pairs go to (created if missing)."""
+
+    every: int = Field(10, gt=0)
+    """Audit every this many RL steps (steps every, 2 every, ...)."""
+
+    k: int = Field(4, gt=0)
+    """Samples per audit round: the k most suspicious of the rollout batch, each paired with a
+    reference-policy sample for the same prompt."""
+
+    annotators_per_task: int = Field(1, gt=0)
+    """Annotators each audit pair needs (also the new project's default)."""
+
+    min_answers: int = Field(4, gt=0)
+    """Judgements a round needs before its agreement can raise the audit alarm."""
+
+    tag: str = "audit"
+    """Prefix of the model ids of audit responses: `<tag>-step-N/policy` and `<tag>-step-N/reference`."""
+
+    weights: AuditWeights = AuditWeights()
+    """Suspicion score weights: proxy, gap, length, similarity (see AuditWeights)."""
+
+    simulate: AuditSimulate | None = None
+    """Answer each round at once with simulated annotators ({reward, temperature, seed}); null: people
+    answer later in `rlhf label serve`, and each round reads what earlier rounds got."""
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        if not v.strip() or "/" in v:
+            raise ValueError(f"audit.tag must be non-blank without '/', got {v!r}")
+        return v
 
 
 class PPOConfig(TrainConfig):
@@ -181,6 +259,19 @@ class PPOConfig(TrainConfig):
     eval_num_samples: int = Field(1, gt=0)
     """Samples per held-out prompt at each evaluation (more samples, less noisy eval means)."""
 
+    audit: AuditConfig | None = None
+    """Human audit queue: every `every` steps, the `k` samples the monitors find most suspicious go to a
+    feedback project as pairs against the reference policy's sample for the same prompt
+    ({store, project, every, k, annotators_per_task, min_answers, tag, weights, simulate}); null: off."""
+
+    audit_alarm: Literal["off", "warn", "stop"] = "warn"
+    """What happens when people prefer the reward model's top samples to the reference's less often than
+    `audit_threshold` (needs `audit`): log a warning, stop the run (checkpoint and best/ kept), or off."""
+
+    audit_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Agreement (share of audit judgements preferring the policy sample; ties half) below which the
+    audit alarm fires."""
+
     ref_model: str | None = None
     """Reference policy of the KL penalty (default: `model`). Iterated RLHF starts a round from the
     previous round's policy while the KL keeps anchoring to the SFT model."""
@@ -189,6 +280,12 @@ class PPOConfig(TrainConfig):
     @classmethod
     def _rm_exists(cls, v: str | None, info: Any) -> str | None:
         return None if v is None else check_model_path(v, info.field_name)
+
+    @field_validator("audit_alarm", "collapse_alarm", mode="before")
+    @classmethod
+    def _alarm_off(cls, v: object) -> object:
+        # YAML 1.1 reads a bare `off` (audit_alarm=off on the command line) as False.
+        return "off" if v is False else v
 
     @field_validator("gold", mode="before")
     @classmethod
@@ -224,6 +321,8 @@ class PPOConfig(TrainConfig):
                              "the first minibatch is not 1)")
         if self.ref_model and self.lora_r:
             raise ValueError("ref_model with LoRA: the reference is the adapter-off policy; drop one of them")
+        if self.audit_alarm == "stop" and self.audit is None:
+            raise ValueError("audit_alarm 'stop' needs an audit queue: set audit: {store, project, ...}")
         return self
 
     @property

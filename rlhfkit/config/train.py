@@ -196,9 +196,10 @@ class RewardConfig(PairTrainConfig):
     """Decay after warmup; the usual recipe is one epoch annealed linearly to 0 (RLHF-DETAILS item 4)."""
 
     data_format: Literal["auto", "pairs", "ranking"] = "auto"
-    """'pairs' (prompt/chosen/rejected, optional margin and tie columns), 'ranking' (K ranked
-    responses per prompt, all C(K,2) pairs in one batch element weighted 1/C(K,2)), or 'auto'
-    (ranking when the rows are rankings, else pairs)."""
+    """'pairs' (prompt/chosen/rejected, optional margin, tie and label_confidence columns; the last is a
+    soft label, trained on as a soft Bradley-Terry target), 'ranking' (K ranked responses per prompt,
+    all C(K,2) pairs in one batch element weighted 1/C(K,2); order only), or 'auto' (ranking when the
+    rows are rankings, else pairs)."""
 
     use_margin: bool = False
     """Subtract the row's `margin` (preference strength) inside the Bradley-Terry loss (Llama 2)."""
@@ -260,7 +261,10 @@ class DPOConfig(PairTrainConfig):
     beta, IPO's tau). For SimPO it scales the reward instead, and is much larger (about 2)."""
 
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
-    """cDPO: assumed probability that a preference label is flipped (loss_type 'cdpo' only)."""
+    """cDPO: assumed probability that a preference label is flipped (loss_type 'cdpo' only). Rows with a
+    soft label (`label_confidence` c, e.g. from `rlhf label export aggregate=dawid_skene`) are trained
+    as cDPO with flip probability 1 - c under loss_type 'sigmoid', and with the two composed as
+    independent flips under 'cdpo'."""
 
     simpo_gamma: float = Field(0.5, ge=0.0)
     """SimPO's target reward margin gamma (loss_type 'simpo' only; ignored otherwise)."""

@@ -279,9 +279,10 @@ def _fit(prompt: list[int], response: list[int], max_length: int,
 
 
 def tokenize_pairs(rows: list[dict], tokenizer, *, max_length: int, max_prompt_length: int | None = None):
-    """Preference rows ``{"prompt", "chosen", "rejected", ["margin"], ["tie"]}`` ->
+    """Preference rows ``{"prompt", "chosen", "rejected", ["margin"], ["tie"], ["label_confidence"]}`` ->
     ``datasets.Dataset`` with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (responses end
-    with EOS unless truncated), ``margin`` (0.0 when absent) and ``tie`` (False when absent).
+    with EOS unless truncated), ``margin`` (0.0 when absent), ``tie`` (False when absent) and
+    ``confidence`` (the soft label ``label_confidence``; 1.0, a hard label, when absent).
 
     Returns ``(dataset, n_dropped)``; pairs whose chosen and rejected become identical after
     truncation carry no preference and are dropped.
@@ -307,7 +308,8 @@ def tokenize_pairs(rows: list[dict], tokenizer, *, max_length: int, max_prompt_l
     table = {"prompt": [r["prompt"] for r in rows], "chosen": [r["chosen"] for r in rows],
              "rejected": [r["rejected"] for r in rows],
              "margin": [float(r.get("margin") or 0.0) for r in rows],
-             "tie": [bool(r.get("tie", False)) for r in rows]}
+             "tie": [bool(r.get("tie", False)) for r in rows],
+             "confidence": [float(r.get("label_confidence", 1.0)) for r in rows]}
     ds = datasets.Dataset.from_dict(table)
     ds = ds.map(encode, batched=True, remove_columns=["prompt", "chosen", "rejected"])
     before = len(ds)
@@ -323,7 +325,7 @@ class PairCollator:
     the policy's two log-probs in DPO).
 
     Output: ``input_ids``, ``attention_mask``, ``position_ids`` (2B, T); ``response_mask``
-    (2B, T) 1 on response tokens (incl. EOS); ``margin`` and ``tie`` (B,).
+    (2B, T) 1 on response tokens (incl. EOS); ``margin``, ``tie`` and ``confidence`` (B,).
     """
 
     pad_token_id: int
@@ -342,6 +344,7 @@ class PairCollator:
             "response_mask": pad(masks, 0, self.padding_side),
             "margin": torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
             "tie": torch.tensor([bool(e.get("tie", False)) for e in examples]),
+            "confidence": torch.tensor([float(e.get("confidence", 1.0)) for e in examples]),
         }
 
 

@@ -13,7 +13,9 @@ tokenizer's chat template, passed as ``render_chat``):
 ``"preference"`` ``{"prompt": str, "chosen": str, "rejected": str}`` plus ``"margin": float``
                  when the source has a non-null ``margin`` column (how much better chosen is,
                  e.g. for Llama-2's margin loss) and ``"tie": bool`` when it has a ``tie``
-                 column (the two responses were judged equal). Other columns are dropped.
+                 column (the two responses were judged equal), and ``"label_confidence": float``
+                 (a soft label in [0, 1], P(chosen is really better)) when it has a non-null
+                 ``label_confidence`` column. Other columns are dropped.
 ``"ranking"``    ``{"prompt": str, "responses": list[str], "ranks": list[int]}``, lower rank is
                  better (1 = best), equal ranks are ties; ``ranks`` is always explicit.
 ``"prompt"``     ``{"prompt": str}``
@@ -70,8 +72,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Literal
 
-from rlhfkit.data.rows import (HANDLERS, HH_ASSISTANT, ROLES, RenderChat, RowContext, RowError, _type,
-                               _with_tie, split_shared_prompt)
+from rlhfkit.data.rows import (HANDLERS, HH_ASSISTANT, LABEL_CONFIDENCE, ROLES, RenderChat, RowContext,
+                               RowError, _type, _with_confidence, _with_tie, split_shared_prompt)
 from rlhfkit.errors import DataError
 
 Kind = Literal["sft", "preference", "ranking", "prompt"]
@@ -213,6 +215,7 @@ def normalize(rows: Iterable[dict], kind: Kind, *, source: str, render_chat: Ren
             result = handler(row, ctx)
             if kind == "preference":
                 _with_tie(result, row)
+                _with_confidence(result, row)
         except RowError as e:
             err = DataError(e.reason, source=source, row=ctx.row, field=e.field)
             if not skip_invalid:
@@ -261,5 +264,5 @@ def ranking_to_pairs(row: dict) -> list[dict]:
     return pairs
 
 
-__all__ = ["FORMATS", "HH_ASSISTANT", "Kind", "NormalizeReport", "ROLES", "RenderChat", "detect_format",
-           "detect_rows_format", "normalize", "ranking_to_pairs", "split_shared_prompt"]
+__all__ = ["FORMATS", "HH_ASSISTANT", "Kind", "LABEL_CONFIDENCE", "NormalizeReport", "ROLES", "RenderChat",
+           "detect_format", "detect_rows_format", "normalize", "ranking_to_pairs", "split_shared_prompt"]

@@ -182,6 +182,28 @@ def _with_tie(out: dict, row: dict) -> None:
         raise RowError("bad tie", f"expected true/false, got {v!r}", "tie")
 
 
+LABEL_CONFIDENCE = "label_confidence"
+"""Soft-label column: P(chosen is really better), in [0, 1] (``rlhf label export aggregate=dawid_skene``
+writes the posterior, in [0.5, 1]); `rlhf reward` and `rlhf dpo` train on it as a soft target."""
+
+
+def _with_confidence(out: dict, row: dict) -> None:
+    """Carry an optional ``label_confidence`` (null = absent): a finite number in [0, 1]."""
+    v = row.get(LABEL_CONFIDENCE)
+    if v is None:
+        return
+    try:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, str)):
+            raise ValueError
+        f = float(v)  # CSV cells are strings
+        if not 0.0 <= f <= 1.0:  # also refuses nan
+            raise ValueError
+    except ValueError:
+        raise RowError("bad label_confidence", f"expected a probability in [0, 1], got {v!r}",
+                       LABEL_CONFIDENCE) from None
+    out[LABEL_CONFIDENCE] = f
+
+
 def _distinct(chosen: Any, rejected: Any) -> None:
     if chosen == rejected:
         raise RowError("chosen == rejected", "chosen and rejected are identical, so there is no preference",

@@ -308,7 +308,8 @@ def _samples_section(evaluation: dict) -> list[str]:
 
 def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, str | Path] | None = None,
                  reward_runs: dict[str, str | Path] | None = None, agreement: dict | None = None,
-                 frontier: list[dict] | None = None, title: str = "rlhfkit report") -> Path:
+                 frontier: list[dict] | None = None, title: str = "rlhfkit report",
+                 feedback_sources: list[str] | None = None) -> Path:
     """Write ``output_dir/report.md`` and its PNGs under ``output_dir/plots``; return the report path.
 
     ``frontier`` is a list of points {method, label, kl, gold, proxy} (one per checkpoint); when
@@ -406,6 +407,8 @@ def write_report(output_dir: str | Path, *, evaluation: dict, runs: dict[str, st
         md += ["## Labeler agreement", "", "| statistic | value |", "|---|---|"]
         md += [f"| {_cell(k)} | {_cell(_fmt(v))} |" for k, v in _flatten(agreement)]
         md.append("")
+    if feedback_sources:  # markdown lines of rlhfkit.feedback.calibration.feedback_sources_markdown
+        md += [*feedback_sources, ""]
 
     if evaluation.get("samples"):
         md += ["## Sample completions", "", *_samples_section(evaluation)]

@@ -23,6 +23,12 @@ names them in the log. Annotators who judged no gold question are kept and count
 (``annotators_without_gold``). A project without gold questions cannot be filtered this way: an
 error, not a silent export of everything.
 
+``judges``: AI judges (annotators with role ``judge``) are kept (``all``), dropped (``none``), or
+kept only when calibrated against people (``calibrated``: Cohen's kappa with the human majority at
+least the human-human kappa minus ``judge_margin``, on at least ``judge_min_tasks`` shared tasks;
+:mod:`rlhfkit.feedback.calibration`). The summary gets ``judges_kept``, ``judges_dropped``,
+``judgements_excluded_judge_gate`` and ``judge_gate``: per judge, kept or not and why.
+
 ``agreement`` is the share of a task's annotators whose label equals the most common one (1.0 with
 a single annotator, 0.5 for a 1-1 split); for a K-way task it is the mean of that share over the
 task's response pairs, each annotator's label for a pair read off their ranking. It is written on
@@ -32,6 +38,21 @@ Aggregation ``majority`` writes one row per task (per response pair for K-way ta
 mode) with the majority label (:func:`rlhfkit.feedback.agreement.majority_vote`); a split vote has
 no majority and gives no row, because training on a coin flip teaches nothing. Its ``margin`` is
 the mean margin of the annotators in the majority.
+
+Aggregation ``dawid_skene`` weighs every label by its annotator's (person, simulated labeler or judge)
+estimated reliability: a Dawid-Skene latent-class model (:mod:`rlhfkit.feedback.aggregate`; classes
+"A better" / "B better", each annotator a confusion matrix) is fitted by EM to every judgement left
+after the gold and judge filters (calibration tasks included, exported or not), one item per task
+(per response pair for K-way tasks; ``rankings="pairs"`` only). Each item gives one row oriented by
+the posterior's argmax, with ``label_confidence`` = P(chosen is better | all labels) in [0.5, 1]: a
+soft label that `rlhf reward` (Bradley-Terry with soft targets) and `rlhf dpo` (cDPO with a per-row
+flip probability 1 - c) train on; TRL ignores the column and reads the row as a hard label. Ties are
+an observed answer, not a class: they move the posterior only as far as an annotator's tie rate
+differs between the classes; an item whose labels are all ties has no decisive evidence and is dropped
+(``ties="drop"``, counted in ``ties_dropped``) or written as a tie row with ``label_confidence`` 0.5
+(``ties="keep"``); an exact 0.5 posterior gives no row (``undecided``). ``margin`` is the mean margin
+of the annotators who agree with the row. The summary's ``dawid_skene_annotators`` (also logged) lists
+each annotator's estimated accuracy, label count and tie rate.
 """
 
 from __future__ import annotations
@@ -58,7 +79,8 @@ def export(cfg: LabelExportConfig) -> Path:
         rows, stats = export_rows(store, cfg.project, aggregate=cfg.aggregate, ties=cfg.ties,
                                   min_agreement=cfg.min_agreement, rankings=cfg.rankings, margins=cfg.margins,
                                   include_calibration=cfg.include_calibration,
-                                  exclude_below=cfg.exclude_below)
+                                  exclude_below=cfg.exclude_below, judges=cfg.judges,
+                                  judge_margin=cfg.judge_margin, judge_min_tasks=cfg.judge_min_tasks)
     if not rows:
         raise DataError(f"nothing to export ({_describe(stats)})", source=f"project '{cfg.project}'")
     out = Path(cfg.output).expanduser()
@@ -71,30 +93,44 @@ def export(cfg: LabelExportConfig) -> Path:
 
         Dataset.from_list(rows).save_to_disk(str(out))
     log.info("exported %d rows to %s (%s)", len(rows), out, _describe(stats))
+    for a in stats.get("dawid_skene_annotators", []):
+        log.info("Dawid-Skene: annotator %s estimated accuracy %.3f on %d labels (ties %.1f%%)",
+                 a["annotator"], a["accuracy"], a["labels"], 100 * a["tie_rate"])
     return out
 
 
 def _describe(stats: Counter) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())) or "no judgements"
+    # judge_gate holds one decision per judge (a list): logged judge by judge, not in this line
+    return ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())
+                     if not isinstance(v, list)) or "no judgements"
 
 
 def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str = "drop",
                 min_agreement: float = 0.0, rankings: str = "pairs",
                 margins: list[float] = (0.0, 0.3333, 0.6667, 1.0),
                 include_calibration: bool = True,
-                exclude_below: float | None = None) -> tuple[list[dict], Counter]:
+                exclude_below: float | None = None, judges: str = "all", judge_margin: float = 0.1,
+                judge_min_tasks: int = 20) -> tuple[list[dict], Counter]:
     """The export rows of a project and a counter of what was written and why rows were left out."""
-    if aggregate not in ("judgement", "majority"):
-        raise ValueError(f"aggregate must be 'judgement' or 'majority', got {aggregate!r}")
+    if aggregate not in ("judgement", "majority", "dawid_skene"):
+        raise ValueError(f"aggregate must be 'judgement', 'majority' or 'dawid_skene', got {aggregate!r}")
+    if aggregate == "dawid_skene" and rankings != "pairs":
+        raise ValueError("aggregate=dawid_skene writes pairs with a soft label (label_confidence); "
+                         "use rankings=pairs")
     if ties not in ("drop", "keep") or rankings not in ("pairs", "ranking"):
         raise ValueError(f"ties must be drop|keep and rankings pairs|ranking, got {ties!r}, {rankings!r}")
     stats: Counter = Counter()
     js = store.judgements(project)
     if exclude_below is not None:
         js = _drop_below_gold(js, exclude_below, project, stats)
+    if judges != "all":  # after the gold filter: the human majority is then made of the people kept
+        from rlhfkit.feedback.calibration import gate_judgements
+
+        js = gate_judgements(store, js, judges, margin=judge_margin, min_tasks=judge_min_tasks, stats=stats)
     by_task: dict[int, list[dict]] = {}
     for j in js:
         by_task.setdefault(j["task_id"], []).append(j)
+    posterior = _fit_dawid_skene(by_task, stats) if aggregate == "dawid_skene" else None
     rows: list[dict] = []
     for js in by_task.values():
         if js[0]["calibration"] and not include_calibration:
@@ -104,6 +140,10 @@ def export_rows(store, project: str, *, aggregate: str = "judgement", ties: str 
         agreement = _agreement(labels)
         if agreement < min_agreement:
             stats["below_min_agreement"] += 1
+            continue
+        if posterior is not None:
+            rows.extend(_dawid_skene_rows(js, labels, agreement, posterior, ties=ties, margins=margins,
+                                          stats=stats))
             continue
         make = _judgement_rows if aggregate == "judgement" else _majority_rows
         rows.extend(make(js, labels, agreement, ties=ties, rankings=rankings, margins=margins, stats=stats))
@@ -314,4 +354,54 @@ def _majority_rows(js, labels, agreement, *, ties, rankings, margins, stats) -> 
             continue
         share = _share([lab[(a, b)] for lab in labels])
         out.append({**row, **base, "agreement": share if j0["kind"] != "pair" else agreement})
+    return out
+
+
+def _fit_dawid_skene(by_task: dict[int, list[dict]], stats: Counter) -> dict:
+    """{(task id, position pair): P(position i better)} from Dawid-Skene over every judgement; the
+    annotators' estimated reliabilities go to ``stats["dawid_skene_annotators"]`` (a list)."""
+    from rlhfkit.feedback.aggregate import fit_pair_labels
+
+    items: dict = {}
+    names: dict = {}
+    for task_id, js in by_task.items():
+        for j in js:
+            names[j["annotator_id"]] = j["annotator"]
+            for pair, label in _pair_labels(j).items():
+                items.setdefault((task_id, pair), {})[j["annotator_id"]] = label
+    if not items:
+        return {}
+    posterior, table = fit_pair_labels(items, names)
+    stats["dawid_skene_annotators"] = table
+    return posterior
+
+
+def _dawid_skene_rows(js, labels, agreement, posterior, *, ties, margins, stats) -> list[dict]:
+    """One row per response pair of a task, oriented by the Dawid-Skene posterior's argmax, with
+    ``label_confidence`` (see the module docstring)."""
+    j0 = js[0]
+    base = _base(js, agreement)
+    out = []
+    for (a, b) in labels[0]:
+        votes = [lab[(a, b)] for lab in labels]
+        p_a = posterior[(j0["task_id"], (a, b))]
+        if all(v in _TIE_LABELS for v in votes):  # no decisive label: no evidence either way
+            if ties == "drop":
+                stats["ties_dropped"] += 1
+                continue
+            label, confidence = Counter(votes).most_common(1)[0][0], 0.5
+        elif p_a == 0.5:
+            stats["undecided"] += 1
+            continue
+        else:
+            label, confidence = ("A", p_a) if p_a > 0.5 else ("B", 1.0 - p_a)
+        ms = [_margin(j["strength"], margins) for j, v in zip(js, votes)
+              if v == label and j["kind"] == "pair" and j["strength"] is not None]
+        row = _pair_row(j0, a, b, label, sum(ms) / len(ms) if ms else None)
+        if row is None:
+            stats["identical_texts"] += 1
+            continue
+        share = _share(votes)
+        out.append({**row, **base, "agreement": share if j0["kind"] != "pair" else agreement,
+                    "label_confidence": confidence})
     return out

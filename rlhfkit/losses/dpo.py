@@ -69,7 +69,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
              loss_type: DPOLossType = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
              gamma: float = 0.0, chosen_tokens: torch.Tensor | None = None,
              rejected_tokens: torch.Tensor | None = None, rpo_alpha: float = 0.0,
-             num_pairs: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             num_pairs: torch.Tensor | float | None = None,
+             confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The DPO family on summed response log-probs; see the block comment above for h.
 
     Per pair: sigmoid ``-log sigmoid(beta h)``; cdpo ``-(1-eps) log sigmoid(beta h) - eps log
@@ -80,6 +81,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     ``rpo_alpha > 0`` adds an NLL (SFT) term on the chosen response, as in RPO (Pang et al.
     2024): ``rpo_alpha * (-logp_c / n_c)`` per pair, the chosen response's NLL per token (each
     response normalised by its own length, so the term is a per-pair quantity like the rest).
+
+    ``confidence`` (B,): soft labels c = P(chosen is really better), e.g. the Dawid-Skene posterior
+    of ``rlhf label export aggregate=dawid_skene``; sigmoid and cdpo only. Each pair becomes conservative
+    DPO (Mitchell 2023) with its own flip probability ``eps_i = 1 - c_i``, i.e. the cross-entropy
+    against the soft target, ``-(c log sigmoid(beta h) + (1 - c) log sigmoid(-beta h))``: c = 1 is
+    plain DPO exactly, c = 0.5 has zero gradient. With cdpo's ``label_smoothing`` eps0 as well the two
+    compose as independent flips: ``eps = eps0 (1 - eps_i) + eps_i (1 - eps0)`` (eps0 then models
+    noise the aggregation did not see, e.g. a bias every annotator shares).
 
     ``loss = sum over pairs of (pair loss + rpo term) / num_pairs``; ``num_pairs`` defaults to B,
     and training loops pass the pair count of the whole optimizer step (all micro-batches and
@@ -103,6 +112,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
         raise ValueError(f"label_smoothing applies to loss_type 'cdpo' only, not {loss_type!r}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if confidence is not None and loss_type not in ("sigmoid", "cdpo"):
+        raise ValueError(f"confidence (soft labels) applies to loss_type 'sigmoid' and 'cdpo' only, not "
+                         f"{loss_type!r}")
     if gamma and loss_type != "simpo":
         raise ValueError(f"gamma (the SimPO margin) applies to loss_type 'simpo' only, not {loss_type!r}")
     reference_free = loss_type in DPO_REFERENCE_FREE
@@ -125,7 +137,12 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
         h = dc / nc - dr / nr  # (B,)
     else:
         h = dc - dr  # (B,)
-    per_pair = _DPO_PER_PAIR[loss_type](h, beta, label_smoothing, gamma)  # (B,)
+    if confidence is not None:
+        eps_i = 1.0 - confidence.to(h)  # (B,) per-pair flip probability
+        eps = label_smoothing * (1.0 - eps_i) + eps_i * (1.0 - label_smoothing)  # (B,)
+        per_pair = _dpo_cdpo(h, beta, eps, gamma)  # (B,)
+    else:
+        per_pair = _DPO_PER_PAIR[loss_type](h, beta, label_smoothing, gamma)  # (B,)
     if rpo_alpha > 0:
         nll = -pc / nc  # (B,) chosen NLL per token
         per_pair = per_pair + rpo_alpha * nll

@@ -28,7 +28,8 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
                        margin: torch.Tensor | float | None = None,
-                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                       weights: torch.Tensor | None = None,
+                       confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Pairwise Bradley-Terry reward-model loss, optionally with a Llama-2 margin and pair weights.
 
     Per pair ``l = -log sigmoid(r_c - r_r - m) = softplus(-(r_c - r_r - m))``, and
@@ -39,18 +40,29 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
     * ``margin`` (Touvron et al. 2023, Llama 2, sec. 3.2.2): a per-pair offset (larger for
       "significantly better" labels) the chosen reward must clear; ``m = 0`` is plain BT. A
       positive margin makes every pair's loss larger.
-    * ``weights``: per-pair weights, e.g. label confidence; normalised by their sum so that the
-      loss scale does not depend on the weights' scale.
+    * ``weights``: per-pair weights; normalised by their sum so that the loss scale does not depend
+      on the weights' scale.
+    * ``confidence``: soft labels c = P(chosen is really better), e.g. the Dawid-Skene posterior of
+      ``rlhf label export aggregate=dawid_skene`` (column ``label_confidence``). The pair's loss is
+      the cross-entropy against the soft target,
+      ``l = -[c log sigmoid(d - m) + (1 - c) log sigmoid(-d - m)]``, with ``d = r_c - r_r``: each
+      direction must clear the margin when it is the better one, so c = 1 is exactly the hard loss
+      above and c = 0.5 has zero gradient at d = 0 (for any m). It is minimised at
+      ``sigmoid(d) = c`` without a margin: the reward learns the label's uncertainty instead of
+      pushing every gap to infinity.
 
-    Shapes: r_chosen, r_rejected (B,); margin (B,) or scalar; weights (B,).
+    Shapes: r_chosen, r_rejected (B,); margin (B,) or scalar; weights (B,); confidence (B,) in [0, 1].
     Metrics: ``accuracy`` = mean(r_c > r_r) (ties count as wrong), mean ``chosen_reward`` and
     ``rejected_reward``, and ``margin`` = mean(r_c - r_r) (the reward gap, not the Llama-2 margin).
     """
     r_c = r_chosen.float()  # (B,)
     r_r = r_rejected.float()  # (B,)
     diff = r_c - r_r  # (B,)
-    logits = diff if margin is None else diff - torch.as_tensor(margin, dtype=diff.dtype, device=diff.device)
-    per_pair = F.softplus(-logits)  # (B,) = -logsigmoid(logits)
+    m = 0.0 if margin is None else torch.as_tensor(margin, dtype=diff.dtype, device=diff.device)
+    per_pair = F.softplus(-(diff - m))  # (B,) = -logsigmoid(d - m)
+    if confidence is not None:
+        c = confidence.to(diff)  # (B,)
+        per_pair = c * per_pair + (1.0 - c) * F.softplus(diff + m)  # (B,) + -(1-c) logsigmoid(-d - m)
     loss = _weighted_mean(per_pair, weights)
     with torch.no_grad():
         metrics = {
@@ -314,18 +326,24 @@ def tie_loss(r_a: torch.Tensor, r_b: torch.Tensor, theta: torch.Tensor | float,
 
 def bt_with_ties_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, is_tie: torch.Tensor,
                       theta: torch.Tensor | float, model: TieModel = "rao_kupper",
-                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      weights: torch.Tensor | None = None,
+                      confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Preference NLL where some pairs are ties: ``-log P(c > r)`` on wins, ``-log P(c ~ r)`` on ties.
 
     Both probabilities come from the same tie model (Rao-Kupper or Davidson, see
     :func:`tie_model_log_probs`), so a tie is never scored as a win for the "chosen" side (whose
     order is arbitrary in a tie row) and the win term uses the tie-aware win probability, not plain
-    ``sigmoid(d)``. Shapes: r_chosen, r_rejected (B,); is_tie (B,) bool; weights (B,) optional.
+    ``sigmoid(d)``. ``confidence`` (soft labels c, as in :func:`bradley_terry_loss`) makes a win row's
+    term ``-[c log P(c > r) + (1 - c) log P(r > c)]``; tie rows ignore it.
+    Shapes: r_chosen, r_rejected (B,); is_tie (B,) bool; weights, confidence (B,) optional.
     Metrics: ``accuracy`` = mean(r_c > r_r) over non-tie rows (nan if none), ``tie_fraction``,
     ``p_tie`` = mean tie probability over tie rows (nan if none), ``margin`` over non-tie rows.
     """
-    log_win, _, log_tie = tie_model_log_probs(r_chosen, r_rejected, theta, model)  # (B,) each
+    log_win, log_loss, log_tie = tie_model_log_probs(r_chosen, r_rejected, theta, model)  # (B,) each
     tie = is_tie.to(device=log_win.device, dtype=torch.bool)  # (B,)
+    if confidence is not None:
+        c = confidence.to(log_win)  # (B,)
+        log_win = c * log_win + (1.0 - c) * log_loss
     per_pair = -torch.where(tie, log_tie, log_win)  # (B,)
     loss = _weighted_mean(per_pair, weights)
     with torch.no_grad():

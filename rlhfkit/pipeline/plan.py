@@ -1,4 +1,4 @@
-"""The plan of a pipeline run (details 1, 2, 4 and 5 of :mod:`rlhfkit.pipeline`): every step in
+"""The plan of a pipeline run (details 1, 2, 4, 5 and 7 of :mod:`rlhfkit.pipeline`): every step in
 order, with its typed config, its run directory, the steps it reads and the path later steps read.
 
 Building the plan is the validation. Each step's config is built with its stage's class from the
@@ -78,6 +78,7 @@ class _Planner:
         self.store = str(self.out / "feedback.db")
         self.steps: list[Step] = []
         self.planned: set[str] = set()
+        self.export_cfg: C.LabelExportConfig | None = None  # the last round's
 
     def section(self, name: str) -> dict:
         sec = getattr(self.cfg, name)
@@ -110,7 +111,7 @@ class _Planner:
                            {**self.section("sft"), "output_dir": str(run_dir), "resume": True})
         return self.add(Step("sft", stages.train_sft, scfg, str(run_dir / "final"), run_dir, ["world"]))
 
-    # ---- one round (details 4 and 5) ------------------------------------------------------------------
+    # ---- one round (details 4, 5 and 7) -------------------------------------------------------------
     def round(self, r: int, sft: str, policies: dict[str, str], dpo: dict[str, str],
               prev_rm: str | None) -> dict:
         rdir = self.out / f"round{r}"
@@ -120,12 +121,13 @@ class _Planner:
         ccfg = self.config("collect", C.CollectConfig, self._collect_values(sampler, r, prev_rm))
         out = {"round": r, "sampled_from": sampler,
                "collect": self.add(Step(f"round{r}/collect", stages.collect, ccfg, self.store, after=prev))}
-        self._label(r)
-        ecfg = self.config("export", C.LabelExportConfig, {**self.section("export"), "store": self.store,
-                                                           "project": self.cfg.project,
-                                                           "output": str(rdir / "preferences.jsonl")})
+        labelled = self._judges(r)
+        labelled += self._label(r, after=[f"round{r}/collect", *labelled])
+        ecfg = self.export_cfg = self.config("export", C.LabelExportConfig, {
+            **self.section("export"), "store": self.store, "project": self.cfg.project,
+            "output": str(rdir / "preferences.jsonl")})
         prefs = out["preferences"] = self.add(Step(f"round{r}/export", stages.export, ecfg, ecfg.output,
-                                                   after=[f"round{r}/label"]))
+                                                   after=labelled))
         after = [f"round{r}/export"]
         rm = None
         if self.cfg.reward is not None:
@@ -156,6 +158,8 @@ class _Planner:
         values = {**sec, "store": self.store, "project": self.cfg.project, "models": [sampler],
                   "seed": sec.get("seed", self.cfg.seed) + 1000 * (r - 1),
                   "output_dir": str(self.out / f"round{r}" / "collect")}
+        if self.cfg.judge:
+            values["annotators_per_task"] = self._annotators_per_task(sec.get("annotators_per_task"))
         if sec.get("select") == "uncertain":
             if prev_rm:
                 values["selection_model"] = prev_rm
@@ -163,20 +167,51 @@ class _Planner:
                 values["select"] = "random"
         return values
 
-    def _label(self, r: int) -> None:
-        after = [f"round{r}/collect"]
-        label = self.cfg.label
+    def _annotators_per_task(self, given: int | None) -> int:
+        """Each task's slots: one per judge plus at least one person (none with `label: off`)."""
+        judges = len(self.cfg.judge)
+        need = judges + (self.cfg.label.mode != "off")
+        if given is None:
+            return need
+        if given < need:
+            people = "" if self.cfg.label.mode == "off" else " + 1 person"
+            raise ConfigError(
+                f"pipeline section 'collect': annotators_per_task = {given} leaves no room for the judges: "
+                f"each of the {judges} judge(s) takes one slot of every task, so it must be at least "
+                f"{judges}{people} = {need} (judges + 2 or more people for `export.judges: calibrated`)")
+        return given
+
+    def _judges(self, r: int) -> list[str]:
+        """One step per AI judge (`round<r>/judge-<name>`), before the people's or simulated labelling:
+        each judge takes its slot of every task of the round, people (or simulated people) the rest."""
+        keys = []
+        for name in self.cfg.judge:
+            key = f"round{r}/judge-{name}"
+            sec = self.run_section("judge", name)
+            jcfg = self.config(f"judge.{name}", C.LabelJudgeConfig, {
+                "name": name, **sec, "store": self.store, "project": self.cfg.project,
+                "output_dir": str(self.out / f"round{r}" / f"judge-{name}")})
+            self.add(Step(key, stages.judge_labels, jcfg, self.store, after=[f"round{r}/collect"]))
+            keys.append(key)
+        return keys
+
+    def _label(self, r: int, after: list[str]) -> list[str]:
+        """The label step (simulated people, or waiting for people), or none with mode 'off'."""
+        label, key = self.cfg.label, f"round{r}/label"
+        if label.mode == "off":
+            return []
         if label.mode == "people":
             spec = {"store": self.store, "project": self.cfg.project, "target": label.target,
                     "poll_seconds": label.poll_seconds, "timeout_seconds": label.timeout_seconds}
-            self.add(Step(f"round{r}/label", stages.wait_for_people, spec, self.store, after=after))
-            return
+            self.add(Step(key, stages.wait_for_people, spec, self.store, after=after))
+            return [key]
         sec = {k: v for k, v in self.section("label").items() if k != "mode"}
         lcfg = self.config("label", C.LabelSimulateConfig, {
             **sec, "store": self.store, "project": self.cfg.project,
             "seed": sec.get("seed", self.cfg.seed) + 1000 * (r - 1),
             "output_dir": str(self.out / f"round{r}" / "label")})
-        self.add(Step(f"round{r}/label", stages.simulate_labels, lcfg, self.store, after=after))
+        self.add(Step(key, stages.simulate_labels, lcfg, self.store, after=after))
+        return [key]
 
     def _rl_values(self, name: str, model: str, ref: str, rm: str | None, run_dir: Path) -> dict:
         sec = self.run_section("rl", name)
@@ -207,6 +242,11 @@ class _Planner:
                 "num_samples": int(sec.get("num_samples", 1)),
                 "max_new_tokens": int(sec.get("max_new_tokens", 48)), "seed": self.cfg.seed,
                 "output_dir": str(self.out), "runs": runs, "store": self.store, "project": self.cfg.project}
+        ex = self.export_cfg
+        if self.cfg.judge or {"judges", "judge_margin", "judge_min_tasks"} & set(self.section("export")):
+            # The report's feedback-sources section shows the gate the export applied (only then:
+            # an unchanged spec keeps the evaluate step of a pipeline without judges finished).
+            spec.update(judges=ex.judges, judge_margin=ex.judge_margin, judge_min_tasks=ex.judge_min_tasks)
         self.add(Step("evaluate", stages.evaluate, spec, str(self.out / "report.md"), self.out / "evaluate",
                       sorted(s.key for s in self.steps)))
         return "evaluate"

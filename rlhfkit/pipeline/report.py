@@ -31,7 +31,8 @@ def evaluate_and_report(spec: dict) -> Path:
     (out / "evaluate" / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
     return write_report(out, evaluation=evaluation, runs=runs, reward_runs=reward_runs,
                         agreement=agreement(spec["store"], spec["project"]), frontier=frontier_points(runs),
-                        title=f"rlhfkit pipeline report: {out.name}")
+                        title=f"rlhfkit pipeline report: {out.name}",
+                        feedback_sources=feedback_sources(spec))
 
 
 def agreement(store_url: str, project: str) -> dict:
@@ -57,6 +58,26 @@ def agreement(store_url: str, project: str) -> dict:
         except (ValueError, ZeroDivisionError) as e:  # e.g. a single category in all answers
             out[name] = f"undefined ({e})"
     return out
+
+
+def feedback_sources(spec: dict) -> list[str] | None:
+    """The report's "Feedback sources" section (people vs AI judges and the export gate), or None
+    when the project has no judge: without one there is nothing to calibrate, and the agreement
+    section already covers people. The gate is the one the pipeline's export applied: the spec's
+    ``judges`` / ``judge_margin`` / ``judge_min_tasks`` (the plan passes them when the pipeline has
+    judges or its export section sets them), else `judges=calibrated` with the export's defaults."""
+    from rlhfkit.feedback import calibration as C
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore(spec["store"]) as store:
+        roles = C.roles_of(store)
+        js = store.judgements(spec["project"])
+    if not any(roles.get(j["annotator_id"]) == C.JUDGE_ROLE for j in js):
+        return None
+    cal = C.calibrate(js, roles, min_tasks=int(spec.get("judge_min_tasks", C.MIN_SHARED_TASKS)),
+                      seed=int(spec.get("seed", 0)))
+    return C.feedback_sources_markdown(cal, mode=spec.get("judges", "calibrated"),
+                                       margin=float(spec.get("judge_margin", C.DEFAULT_MARGIN)))
 
 
 def frontier_points(runs: dict[str, str]) -> list[dict]:

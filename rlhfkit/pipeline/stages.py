@@ -34,6 +34,12 @@ def simulate_labels(cfg) -> dict:
     return run(cfg)
 
 
+def judge_labels(cfg) -> dict:
+    from rlhfkit.feedback.judges import judge_labels as run
+
+    return run(cfg)  # summary.json (judgements, position consistency, ...): recorded in the state file
+
+
 def export(cfg) -> Any:
     from rlhfkit.feedback.export import export as run
 
@@ -60,14 +66,16 @@ def train_dpo(cfg) -> Any:
 
 def wait_for_people(spec: dict) -> dict:
     """Labels from people through the web UI: wait (bounded) until the project holds `target`
-    judgements; a re-run waits again."""
+    judgements of people (AI judges' judgements, made before, do not count); a re-run waits again."""
     from rlhfkit.feedback.store import FeedbackStore
 
     store, t0 = FeedbackStore(spec["store"]), time.time()
-    print(f"[pipeline] waiting for {spec['target']} judgements in project '{spec['project']}' "
+    print(f"[pipeline] waiting for {spec['target']} judgements of people in project '{spec['project']}' "
           f"(serve the UI with: rlhf label serve store={spec['store']})", flush=True)
     while True:
-        have = store.progress(spec["project"])["judgements"]
+        judges = {a.name for a in store.list_annotators() if a.role == "judge"}
+        per = store.progress(spec["project"])["per_annotator"]
+        have = sum(n for name, n in per.items() if name not in judges)
         if have >= spec["target"]:
             return {"judgements": have}
         if time.time() - t0 > spec["timeout_seconds"]:

@@ -34,7 +34,12 @@ Implementation details (each has a failure mode it prevents):
    sampling temperature (items 12, 28); with ``gold`` also the samples' gold reward (``eval_gold``;
    :func:`rlhfkit.gold.resolve_gold`: the synthetic world's, the user's ``module:function`` or a
    held-out reward-model directory), named in the first line of metrics.jsonl and in summary.json.
-10. Checkpoints, resume and stop_after as in SFT; the final model is a plain Hugging Face
+10. Soft labels: pairs with a ``label_confidence`` column c (e.g. ``rlhf label export
+    aggregate=dawid_skene``) train loss_type sigmoid as conservative DPO with a per-pair flip
+    probability eps = 1 - c (Mitchell 2023), and cdpo with that composed with ``label_smoothing``
+    (``losses.dpo_loss``); pairs without it count as c = 1. The other loss types have no soft-label
+    form: they ignore the column, with a warning (and ``soft_labels: "ignored"`` in summary.json).
+11. Checkpoints, resume and stop_after as in SFT; the final model is a plain Hugging Face
     directory (LoRA merged) plus summary.json.
 """
 
@@ -86,14 +91,17 @@ def train(cfg: DPOConfig) -> Path:
         splits = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
         reference.precompute(splits, collate, run_dir, keep_copy=bool(sample_prompts))
 
-    def pair_loss(logps: torch.Tensor, n_tok: torch.Tensor, ref_c, ref_r, num_pairs):
+    soft = data_report["soft_labels"] == "used"
+
+    def pair_loss(logps: torch.Tensor, n_tok: torch.Tensor, ref_c, ref_r, num_pairs, confidence):
         # logps, n_tok: (2B,) in PairCollator's layout, chosen rows first.
         pc, pr = logps.chunk(2)
         nc, nr = n_tok.chunk(2)
         return dpo_loss(pc, pr, ref_c, ref_r, loss_type=cfg.loss_type, beta=cfg.beta,
                         label_smoothing=cfg.label_smoothing,
                         gamma=cfg.simpo_gamma if cfg.loss_type == "simpo" else 0.0,
-                        chosen_tokens=nc, rejected_tokens=nr, rpo_alpha=cfg.rpo_alpha, num_pairs=num_pairs)
+                        chosen_tokens=nc, rejected_tokens=nr, rpo_alpha=cfg.rpo_alpha, num_pairs=num_pairs,
+                        confidence=confidence if soft else None)
 
     def to_device(b: dict) -> dict:
         return {k: v.to(acc.device) for k, v in b.items()}
@@ -122,7 +130,8 @@ def train(cfg: DPOConfig) -> Path:
                 ref_c, ref_r = reference.for_pairs("eval", idx, b)
                 with acc.autocast():
                     lp, n_tok = sequence_logprobs(net, b)  # (2B,)
-                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=1)  # loss = sum over these pairs
+                # num_pairs 1: the loss is the sum over these pairs
+                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, 1, b["confidence"])
                 sums["loss"] += loss.item()
                 for k in PAIR_METRICS:
                     sums[k] += m[k] * len(idx)
@@ -150,7 +159,7 @@ def train(cfg: DPOConfig) -> Path:
                     lp, n_tok = sequence_logprobs(model, b)  # (2B,) one forward for chosen + rejected
                 # Detail 6 above: divided by the global pair count; DDP averages gradients over processes,
                 # hence the factor `world`.
-                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, num_pairs=global_batch)
+                loss, m = pair_loss(lp, n_tok, ref_c, ref_r, global_batch, b["confidence"])
                 acc.backward(loss * world)
             sums["loss"] += loss.item() * global_batch  # back to a sum over this micro-batch's pairs
             for k in sums.keys() - {"loss"}:
@@ -202,6 +211,12 @@ def _data(cfg: DPOConfig, tok):
     eval_ds = tokenize_pairs(eval_rows, tok, max_length=cfg.max_length,
                              max_prompt_length=cfg.max_prompt_length)[0] if eval_rows else None
     sample_prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:cfg.eval_sample_prompts]
+    data_report["soft_labels"] = "none"
+    if any("label_confidence" in r for r in train_rows):  # detail 10 above
+        data_report["soft_labels"] = "used" if cfg.loss_type in ("sigmoid", "cdpo") else "ignored"
+        if data_report["soft_labels"] == "ignored":
+            log.warning("the data has soft labels (label_confidence), which loss_type %r has no form for: "
+                        "they are ignored (use loss_type sigmoid or cdpo to train on them)", cfg.loss_type)
     return train_ds, eval_ds, n_trunc, data_report, sample_prompts
 
 

@@ -70,6 +70,13 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    ``keep_best`` the policy whose rollout had the best mean gold (else proxy) reward is saved to
    ``best/`` (the weights that produced that rollout, i.e. before that step's update; with
    LoRA a merged copy).
+   With ``audit`` (:mod:`rlhfkit.rl.audit`) every ``audit.every`` steps the k most suspicious samples
+   of the rollout (proxy, proxy - gold gap, length, low diversity) go to a feedback project as pairs
+   against a reference-policy sample for the same prompt (sampled from the KL reference with the same
+   settings, under a forked RNG so training draws the same numbers with or without the audit); the
+   share of audit judgements preferring the policy sample (``audit_agreement``) drives
+   ``audit_alarm``. When that project is the pipeline's, the judgements join the next round's
+   preference data through `rlhf label export`.
 10. Checkpoints hold policy, critic, both optimizers and schedules and RNG (accelerate), plus
     the KL controller and the best-point record (state.json); the data order and minibatch
     permutations are functions of (seed, step), so ``resume`` continues exactly (each process
@@ -80,6 +87,7 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import logging
@@ -99,6 +107,7 @@ from rlhfkit.losses import entropy_from_logits, ppo_policy_loss
 from rlhfkit.modeling import (apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer,
                               save_hf)
 from rlhfkit.rl.advantages import gae, group_advantages, per_token_rewards, whiten
+from rlhfkit.rl.audit import AuditQueue, louder
 from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, ValueModel, policy_forward
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from rlhfkit.rl.monitors import (CollapseWatch, check_alarms, cross_prompt_similarity, distinct_2,  # noqa: F401
@@ -265,7 +274,7 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
     return {key: v / n_updates for key, v in sums.items()}, first
 
 
-def _rollout_metrics(ro, proxy, score, seq_kl, gold_fn, k: int) -> dict[str, float]:
+def _rollout_metrics(ro, proxy, score, seq_kl, gold, k: int) -> dict[str, float]:
     """This process's means over its rollout (detail 8 above): rewards, length, EOS rate, the
     diversity monitors, the sequence KL (None while the update still has to produce it) and gold."""
     local = {"proxy_reward": _mean(proxy.tolist()), "score": _mean(score.tolist()),
@@ -275,9 +284,25 @@ def _rollout_metrics(ro, proxy, score, seq_kl, gold_fn, k: int) -> dict[str, flo
              "cross_prompt_similarity": cross_prompt_similarity(ro.response_ids[:64], k)}
     if seq_kl is not None:
         local["seq_kl"] = _mean(seq_kl.tolist())
-    if gold_fn:
-        local["gold_reward"] = _mean(gold_fn(ro.prompts, ro.texts))
+    if gold is not None:
+        local["gold_reward"] = _mean(gold)
     return local
+
+
+@torch.no_grad()
+def _reference_texts(cfg: PPOConfig, acc, ref, net, tok, ro, step: int, rows: list[int]) -> list[str]:
+    """The reference policy's answer to the prompt of each of ``rows`` (the audit's comparison),
+    with the rollout's generation settings; under a forked, seeded RNG so the training stream of
+    random numbers (and so resume) does not depend on whether the audit ran."""
+    prompts, ids = [ro.prompts[i] for i in rows], [ro.query_ids[i] for i in rows]
+    kw = dict(num_samples=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, prompt_ids=ids,
+              compute_logprobs=False)
+    with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed * 1_000_003 + 104_729 * step + acc.process_index)
+        if ref is not None:
+            return generate_rollout(ref, tok, prompts, **kw).texts
+        with net.disable_adapter():  # LoRA: the reference is the adapter-off policy (item 23)
+            return generate_rollout(net, tok, prompts, **kw).texts
 
 
 def _prompts(cfg: PPOConfig, tok, policy):
@@ -317,11 +342,16 @@ def train(cfg: PPOConfig) -> Path:
     run = RunState(cfg, acc, run_dir)
     start, best, gaps, fired = run.start, {"value": None, "step": None}, [], {}
     collapse = CollapseWatch(cfg.collapse_threshold)
+    audit = AuditQueue(cfg.audit, seed=cfg.seed) if cfg.audit else None
+    audit_settings = {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
+                      "run": str(run_dir)}
     if start:
         state = json.loads((run.ckpts.latest() / "state.json").read_text())
         kl_ctl.load_state_dict(state["kl_ctl"])
         best, gaps, fired = state["best"], state.get("gaps", []), state.get("alarms_fired", {})
         collapse.baseline = state.get("collapse_baseline")
+        if audit is not None:
+            audit.rounds = state.get("audit_rounds", [])
     reuse_lp = reuses_update_logprobs(cfg, n_mb)
 
     def evaluate() -> dict[str, float]:
@@ -355,11 +385,16 @@ def train(cfg: PPOConfig) -> Path:
         old_lp, ref_lp = ro.logprobs, _ref_logprobs(cfg, ref, net, ro)
         kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1); zeros until the update fills old_lp if reuse_lp
         seq_kl, beta = kl.sum(-1), kl_ctl.value
-        local = _rollout_metrics(ro, proxy, score, None if reuse_lp else seq_kl, gold_fn, k)
+        gold = [float(g) for g in gold_fn(ro.prompts, ro.texts)] if gold_fn else None
+        local = _rollout_metrics(ro, proxy, score, None if reuse_lp else seq_kl, gold, k)
         m = {"kl_coef": beta, **mean_across(acc, local)}
         if gold_fn:
             m["proxy_gold_gap"] = m["proxy_reward"] - m["gold_reward"]
             gaps.append(m["proxy_gold_gap"])
+        if audit is not None and audit.due(step + 1):  # detail 9 above: the audit queue
+            m.update(audit.round(acc, step + 1, ro, proxy.tolist(), gold,
+                                 functools.partial(_reference_texts, cfg, acc, ref, net, tok, ro, step + 1),
+                                 audit_settings))
         # Detail 9 above (item 27): keep the weights that produced the best rollout (before this update).
         watched = m.get("gold_reward", m["proxy_reward"])
         if cfg.keep_best and (best["value"] is None or watched > best["value"]):
@@ -377,16 +412,22 @@ def train(cfg: PPOConfig) -> Path:
         kl_ctl.update(m["seq_kl"], len(score) * world)
         eps_seen += len(score) * world
         done = step + 1
-        alarm = check_alarms(cfg, m, gaps, done, collapse) or alarm
-        fired.update({kind: done for kind in ("kl", "gap", "collapse")
+        raised = check_alarms(cfg, m, gaps, done, collapse)
+        if audit is not None:
+            raised = louder(raised, audit.alarm(m, done, cfg.audit_alarm, cfg.audit_threshold))
+        alarm = raised or alarm
+        fired.update({kind: done for kind in ("kl", "gap", "collapse", "audit")
                       if m.get(f"alarm_{kind}") and kind not in fired})
         state = {"kl_ctl": kl_ctl.state_dict(), "best": best, "gaps": gaps, "alarms_fired": fired,
-                 "collapse_baseline": collapse.baseline}
+                 "collapse_baseline": collapse.baseline, "audit_rounds": audit.rounds if audit else []}
         if alarm and alarm["action"] == "stop":
             bar.update(1)
             run.log_step(done, done, m, evaluate)  # the stopping step is always logged (and evaluated)
             run.ckpts.save(done, state)
             break
+        if audit is not None and audit.due(done) and done % cfg.log_every and done != n_steps:
+            # An audit round's figures are logged even off the log_every grid (end_step would drop them).
+            run.metrics.log(done, {key: v for key, v in m.items() if "audit" in key})
         shown = {"kl": f"{m['seq_kl']:.3f}", "r": f"{m['proxy_reward']:.3f}"}
         if run.end_step(bar, done, n_steps, m, evaluate, state, shown):
             return run.latest_dir
@@ -403,6 +444,7 @@ def train(cfg: PPOConfig) -> Path:
         "stopped_by_alarm": stopped,
         "best": {**best, "dir": str(run_dir / "best") if best["step"] is not None else None,
                  "metric": "gold_reward" if gold_fn else "proxy_reward"},
+        "audit": audit.summary(acc) if audit is not None else None,
         **{f"initial_{key}": v for key, v in initial_eval.items()},
         **{f"final_{key}": v for key, v in run.last_eval.items()},
         "episodes_per_second": eps_seen / max(time.time() - t0, 1e-9), "model_dir": str(final),
@@ -414,5 +456,6 @@ def train(cfg: PPOConfig) -> Path:
 
     final_state = None if stopped else {"final": True, "kl_ctl": kl_ctl.state_dict(), "best": best,
                                         "gaps": gaps, "alarms_fired": fired,
-                                        "collapse_baseline": collapse.baseline}
+                                        "collapse_baseline": collapse.baseline,
+                                        "audit_rounds": audit.rounds if audit else []}
     return run.finish(bar, n_steps, final_state, save)

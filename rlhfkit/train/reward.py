@@ -18,6 +18,12 @@ Implementation details (RLHF-DETAILS items 1-7; each prevents a known failure):
    [1, 1] and is dropped, or fitted by ``losses.ranking_loss_with_ties``, which on 2-way rankings
    is the pair path's loss; tied pairs inside K-way rankings are fitted the same way (with
    ``drop`` they are left out, as InstructGPT does).
+4b. Soft labels (a ``label_confidence`` column, e.g. from ``rlhf label export aggregate=dawid_skene``):
+   the pair loss is the cross-entropy against the soft target c,
+   ``-[c log sigmoid(d - m) + (1 - c) log sigmoid(-d - m)]`` (``losses.bradley_terry_loss``; with
+   fitted ties, the win rows of ``bt_with_ties_loss`` likewise). Rows without the column count as
+   c = 1, the plain loss. The ranking path (``data_format: ranking``) reads order only and ignores
+   it (a warning says so).
 5. Optional reward-centering regulariser coef * mean((r_c + r_r)^2) keeps rewards near 0.
 6. Loss normalisation over the whole optimizer step (pairs, or prompts for rankings) on all
    processes, as in SFT, so accumulation == bigger batch and 2 processes == 1.
@@ -105,6 +111,11 @@ def _load_data(cfg: RewardConfig, tok, mode: str):
             raise DataError("no preference to train on: every training row is a tie and ties=drop (use "
                             "ties=rao_kupper or ties=davidson to fit them)", source=cfg.data)
     if mode == "ranking":
+        first = read_records(cfg.data, split=cfg.data_split)[:100]
+        if any(isinstance(r, dict) and r.get("label_confidence") is not None for r in first):
+            log.warning("%s has a label_confidence column, which the ranking path (data_format=ranking) "
+                        "ignores: it trains on the order alone; use data_format=pairs for soft labels",
+                        cfg.data)
         make = lambda rows: tokenize_rankings(rows, tok, max_length=cfg.max_length,  # noqa: E731
                                               max_prompt_length=cfg.max_prompt_length)
         return make(train_rows), (make(eval_rows) if eval_rows else None), report, train_rows
@@ -113,6 +124,7 @@ def _load_data(cfg: RewardConfig, tok, mode: str):
     eval_ds = tokenize_pairs(eval_rows, tok, max_length=cfg.max_length,
                              max_prompt_length=cfg.max_prompt_length)[0] if eval_rows else None
     report["dropped_after_truncation"] = dropped
+    report["soft_labels"] = any("label_confidence" in r for r in train_rows)
     return train_ds, eval_ds, report, train_rows
 
 
@@ -131,8 +143,10 @@ def _drop_ties(rows: list[dict], mode: str) -> tuple[list[dict], int]:
     return kept, len(rows) - len(kept)
 
 
-def _pair_loss(cfg: RewardConfig, rewards: torch.Tensor, b: dict) -> tuple[torch.Tensor, int]:
-    """Mean loss over this micro-batch and its number of units (pairs or prompts)."""
+def _pair_loss(cfg: RewardConfig, rewards: torch.Tensor, b: dict,
+               soft: bool = False) -> tuple[torch.Tensor, int]:
+    """Mean loss over this micro-batch and its number of units (pairs or prompts); ``soft``: train on
+    the batch's ``confidence`` (soft labels, detail 4b above)."""
     if "better" in b:  # ranking batch: (N,) rewards, pairs given by index tensors
         better, worse = b["better"], b["worse"]
         if cfg.ties != "drop":  # tied pairs (equal ranks) are fitted as ties, as on the pair path
@@ -146,10 +160,11 @@ def _pair_loss(cfg: RewardConfig, rewards: torch.Tensor, b: dict) -> tuple[torch
         return loss, int(b["num_prompts"])
     n = rewards.shape[0] // 2
     rc, rr = rewards[:n], rewards[n:]  # (B,), (B,)
+    conf = b["confidence"] if soft else None  # (B,)
     if cfg.ties != "drop":
-        loss, _ = bt_with_ties_loss(rc, rr, b["tie"], cfg.tie_param, cfg.ties)
+        loss, _ = bt_with_ties_loss(rc, rr, b["tie"], cfg.tie_param, cfg.ties, confidence=conf)
     else:
-        loss, _ = bradley_terry_loss(rc, rr, margin=b["margin"] if cfg.use_margin else None)
+        loss, _ = bradley_terry_loss(rc, rr, margin=b["margin"] if cfg.use_margin else None, confidence=conf)
     if cfg.center_coef:
         loss = loss + reward_centering_loss(rc, rr, cfg.center_coef)
     return loss, n
@@ -260,7 +275,7 @@ def _train_one(cfg: RewardConfig) -> Path:
                     rewards = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                     position_ids=b["position_ids"],
                                     use_cache=False).logits[:, 0].float()  # (2B,) or (N,)
-                loss, n = _pair_loss(cfg, rewards, b)
+                loss, n = _pair_loss(cfg, rewards, b, soft=bool(data_report.get("soft_labels")))
                 acc.backward(loss * n * world / max(step_units, 1.0))
             loss_sum += loss.item() * n
             with torch.no_grad():

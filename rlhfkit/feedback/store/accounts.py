@@ -18,7 +18,9 @@ from .errors import ConflictError, NotFoundError, StoreError
 from .schema import Annotator, Assignment, SessionToken, _now
 from .views import AnnotatorInfo
 
-ROLES = ("admin", "annotator")
+# "judge": an AI labeler (`rlhf label judge`) that answers the queue through the store, never through the
+# web UI: it cannot log in or hold a session (authenticate / create_session refuse it).
+ROLES = ("admin", "annotator", "judge")
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 MIN_PASSWORD = 8  # for passwords people choose (change_password); invited ones are 16 random characters
 
@@ -48,7 +50,7 @@ def _token_hash(token: str) -> str:
 
 def _annotator_info(a: Annotator) -> AnnotatorInfo:
     return AnnotatorInfo(id=a.id, name=a.name, role=a.role, active=bool(a.active),
-                         must_change_password=bool(a.must_change_password))
+                         must_change_password=bool(a.must_change_password), spec=a.spec)
 
 
 class AccountsMixin:
@@ -58,21 +60,24 @@ class AccountsMixin:
     session_life: timedelta
 
     def add_annotator(self, name: str, password: str, role: str = "annotator", *,
-                      must_change_password: bool = False) -> AnnotatorInfo:
-        """A new account. ``must_change_password``: for invitations, whose password someone else saw."""
+                      must_change_password: bool = False, spec: dict | None = None) -> AnnotatorInfo:
+        """A new account. ``must_change_password``: for invitations, whose password someone else saw.
+        ``spec``: a judge's spec (JSON), only with role "judge"."""
         if not isinstance(name, str) or not name.strip():
             raise StoreError("an annotator needs a non-blank name", field="name")
         if role not in ROLES:
             raise StoreError(f"role must be one of {ROLES}, got {role!r}", field="role")
         if not isinstance(password, str) or not password:
             raise StoreError("a password is required", field="password")
+        if spec is not None and (role != "judge" or not isinstance(spec, dict)):
+            raise StoreError("a spec (a dict) is only for annotators with role 'judge'", field="spec")
         salt = secrets.token_bytes(16)
         digest = _hash_password(password, salt)  # outside the transaction: scrypt is slow on purpose
         with self._session.begin() as s:
             if s.scalar(select(Annotator.id).where(Annotator.name == name)) is not None:
                 raise ConflictError(f"annotator '{name}' already exists", field="name")
             a = Annotator(name=name, role=role, password_hash=digest, salt=salt.hex(), active=True,
-                          must_change_password=bool(must_change_password))
+                          must_change_password=bool(must_change_password), spec=spec)
             s.add(a)
             s.flush()
             return _annotator_info(a)
@@ -99,8 +104,9 @@ class AccountsMixin:
             a = s.scalar(select(Annotator).where(Annotator.name == name))
             info = _annotator_info(a) if a else None
             stored, salt = (a.password_hash, a.salt) if a else (None, None)
-        if stored is None:
+        if stored is None or info.role == "judge":
             # Hash anyway so an unknown name takes as long as a wrong password (no user enumeration).
+            # A judge is refused like an unknown name: it labels through the store, never the web UI.
             _hash_password(password or "", b"\0" * 16)
             return None
         if not _check_password(password or "", stored, salt):
@@ -137,8 +143,11 @@ class AccountsMixin:
     def create_session(self, annotator_id: int) -> str:
         token = secrets.token_urlsafe(32)
         with self._session.begin() as s:
-            if s.get(Annotator, annotator_id) is None:
+            a = s.get(Annotator, annotator_id)
+            if a is None:
                 raise NotFoundError(f"unknown annotator id {annotator_id}", field="annotator_id")
+            if a.role == "judge":
+                raise StoreError(f"'{a.name}' is an AI judge; judges never log in", field="annotator_id")
             now = _now()
             s.add(SessionToken(annotator_id=annotator_id, token_hash=_token_hash(token), created_at=now,
                                expires_at=now + self.session_life))
@@ -153,7 +162,7 @@ class AccountsMixin:
                 return None
             a = s.get(Annotator, st.annotator_id)
             # Deactivating ends every session anyway; this also covers a row switched off by hand.
-            return _annotator_info(a) if a.active else None
+            return _annotator_info(a) if a.active and a.role != "judge" else None
 
     def end_session(self, token: str) -> None:
         """Log out: the token stops working."""

@@ -133,6 +133,9 @@ class Annotator(Base):
     # Set for invited accounts and by an admin's password reset: the password someone else saw must be
     # replaced before anything else.
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # An AI judge's spec (role "judge", `rlhf label judge`): its kind, model or function and prompt, and
+    # the hash its answers are journaled under; None for people. Never a secret (API keys stay in env).
+    spec: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 

@@ -20,9 +20,10 @@ class ProjectInfo:
 class AnnotatorInfo:
     id: int
     name: str
-    role: str  # "admin" | "annotator"
+    role: str  # "admin" | "annotator" | "judge" (an AI labeler: never logs in)
     active: bool = True  # False: deactivated, cannot log in
     must_change_password: bool = False  # invited or reset: must choose a password before anything else
+    spec: dict | None = None  # a judge's spec (kind, model, prompt, answer hash); None for people
 
 
 @dataclass(frozen=True)

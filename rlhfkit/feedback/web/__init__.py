@@ -15,6 +15,8 @@ Pages (server-rendered Jinja2, one small plain-JS file for the keyboard and the 
     GET  /admin/projects/{name}/export           JSONL in TRL columns (rlhfkit.feedback.export)
     GET  /admin/projects/{name}/review           tasks where annotators split, with rationales
     GET  /admin/projects/{name}/gold             gold questions, accuracy; POST marks / clears them
+    GET  /admin/projects/{name}/calibration      AI judges vs people: agreement, kappa, gold, the
+                                                 export gate (.json: the same as JSON)
     POST /admin/projects/{name}/access, .../members   members-only projects and their members
     GET  /admin/annotators/{id}                  one annotator's record; POST .../active,
                                                  .../password (reset), .../sessions/end

@@ -86,12 +86,17 @@ async def update_guidelines(request: Request, name: str, me: PageAdmin, store: S
 @router.get("/admin/projects/{name}/export")
 def export(request: Request, name: str, me: PageAdmin, store: Store,
            aggregate: Literal["judgement", "majority"] = "judgement", ties: Literal["drop", "keep"] = "drop",
-           exclude_below: Annotated[float | None, Query(ge=0.0, le=1.0)] = None):
+           exclude_below: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+           judges: Literal["all", "calibrated", "none"] = "all",
+           judge_margin: Annotated[float, Query(ge=0.0, le=2.0)] = 0.1,
+           judge_min_tasks: Annotated[int, Query(ge=2, le=100_000)] = 20):
     """The same rows `rlhf label export` writes, as a JSONL download (``exclude_below``: drop
-    annotators under that gold accuracy, as `rlhf label export exclude_below=...` does)."""
+    annotators under that gold accuracy, as `rlhf label export exclude_below=...` does; ``judges``,
+    ``judge_margin``, ``judge_min_tasks``: the AI-judge gate of rlhfkit.feedback.calibration)."""
     project_or_404(store, name)
     try:
-        rows = export_rows(store, name, aggregate=aggregate, ties=ties, exclude_below=exclude_below)[0]
+        rows = export_rows(store, name, aggregate=aggregate, ties=ties, exclude_below=exclude_below,
+                           judges=judges, judge_margin=judge_margin, judge_min_tasks=judge_min_tasks)[0]
     except (RlhfkitError, ValueError) as e:
         raise HTTPException(400, str(e)) from None
     body = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)

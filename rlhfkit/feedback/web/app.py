@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.feedback.web import admin, api, pages, people, review
+from rlhfkit.feedback.web import admin, api, calibration, pages, people, review
 from rlhfkit.feedback.web.errors import add_exception_handlers
 from rlhfkit.feedback.web.security import MAX_BODY_BYTES, LoginThrottle, security_headers
 from rlhfkit.feedback.web.templating import STATIC_DIR, make_env
@@ -43,7 +43,7 @@ def create_app(store_url: str, *, secret: str | None = None, store: Any = None,
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.middleware("http")(security_headers)
     add_exception_handlers(app)
-    for router in (pages.router, admin.router, people.router, review.router, api.router):
+    for router in (pages.router, admin.router, people.router, review.router, calibration.router, api.router):
         app.include_router(router)
     return app
 

@@ -94,6 +94,8 @@ _TITLE_SECOND = ("river", "garden", "city", "road", "house", "moon", "star", "is
                  "mountain", "forest", "station", "train", "ocean", "kingdom", "mirror", "shadow", "signal",
                  "storm", "valley", "bridge", "window", "door", "horizon", "machine", "circus", "empire",
                  "echo", "tide", "summer", "crown", "song")
+# Words a film title is made of: with a film's noun they name the subject itself (the gold's substance rule).
+FILM_TITLE_WORDS: frozenset[str] = frozenset(_TITLE_FIRST + _TITLE_SECOND)
 FILM_ASPECTS: tuple[str, ...] = ("plot", "story", "acting", "cast", "script", "dialogue", "ending",
                                  "soundtrack", "music", "pacing", "direction", "visuals", "humor", "editing",
                                  "villain", "finale", "opening", "lead", "cinematography")

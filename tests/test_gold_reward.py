@@ -116,7 +116,8 @@ def test_saturation_gives_diminishing_returns():
 def test_repeating_positive_words_scores_lower_than_a_normal_sentence():
     normal = gold_reward(" the plot was good .")
     spam = " good good good good good good ."
-    # raw 0.25 * 12 (one clause naming nothing) -> tanh(1); 4 uses of "good" beyond two (1.0); repeated bigrams 4/6 (2*(4/6-0.35));
+    # raw 0.25 * 12 (one clause naming nothing) -> tanh(1); 4 uses of "good" beyond two (1.0);
+    # repeated bigrams 4/6 (2*(4/6-0.35));
     # five sentiment words stacked in one clause plus a clause with no ordinary word (6 * 0.25):
     # far below the floor, so clipped.
     assert gold_reward(spam) == MIN_REWARD

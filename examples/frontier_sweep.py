@@ -6,13 +6,14 @@ example sweeps DPO's beta and PPO's KL coefficient on one synthetic world, from 
 simulated-labeler preferences and one reward model, and measures every final policy the same way:
 
     python examples/frontier_sweep.py [--output runs/frontier] [--full]
-                                      [--dpo-betas 0.03,0.1,0.3,1] [--ppo-kl 0.01,0.03,0.1,0.3]
+                                      [--dpo-betas 0.03,0.1,0.3,1] [--ppo-kl 0.05,0.1,0.4,1]
 
 1. Build (or reuse) the world and SFT model (the demo's settings; --full for the demo-size world).
-2. Sample pairs from the SFT model and label them with a simulated labeler (Bradley-Terry on the gold,
-   temperature 0.1), train a reward model on them.
-3. DPO from SFT on the same pairs, once per beta; PPO from SFT against the reward model, once per KL
-   coefficient (every other setting fixed).
+2. Sample 8 completions per prompt from the SFT model, label 12 pairs of them per prompt with a
+   simulated labeler (Bradley-Terry on the gold, temperature 0.1), train a reward model on them (the
+   demo's collection: fewer pairs give a reward model that learns sentiment but not substance).
+3. DPO from SFT on the same pairs, once per beta (lr 2e-4, 320 steps, as the demo); PPO from SFT
+   against the reward model, once per KL coefficient (32 steps, as the demo; every other setting fixed).
 4. Evaluate SFT and every policy on the same held-out prompts with the same seed (`evaluate_policies`:
    gold mean, gold win rate vs SFT, sequence KL to SFT at temperature 1, distinct-2, health verdict).
 5. Write frontier.json (one point per run, sorted by KL within each method) and frontier.png (gold
@@ -38,7 +39,7 @@ def main() -> None:
     ap.add_argument("--output", default="runs/frontier")
     ap.add_argument("--full", action="store_true", help="the demo-size world instead of the quick one")
     ap.add_argument("--dpo-betas", type=_floats, default=[0.03, 0.1, 0.3, 1.0])
-    ap.add_argument("--ppo-kl", type=_floats, default=[0.01, 0.03, 0.1, 0.3])
+    ap.add_argument("--ppo-kl", type=_floats, default=[0.05, 0.1, 0.4, 1.0])
     ap.add_argument("--eval-prompts", type=int, default=100)
     args = ap.parse_args()
 
@@ -57,7 +58,8 @@ def main() -> None:
     cfg = sft_config(world, out, quick=quick)
     cfg.resume = True
     sft = sft_train(cfg)
-    prefs = preference_splits(sft, world, out / "prefs", labeler_temperature=0.1, seed=1)
+    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=8, pairs_per_prompt=12,
+                              labeler_temperature=0.1, seed=1)
     rm = rm_train(RewardConfig(model=str(sft), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
                                output_dir=str(out / "rm"), learning_rate=1e-3, per_device_batch_size=16,
                                num_epochs=2, max_length=96, log_every=20, warmup_ratio=0.05, resume=True))
@@ -68,7 +70,7 @@ def main() -> None:
         name = f"dpo_beta{beta:g}"
         policies[name] = str(dpo_train(DPOConfig(
             model=str(sft), data=str(prefs["train"]), output_dir=str(out / name), beta=beta,
-            learning_rate=5e-4, per_device_batch_size=16, max_steps=160, max_length=96, warmup_ratio=0.1,
+            learning_rate=2e-4, per_device_batch_size=16, max_steps=320, max_length=96, warmup_ratio=0.1,
             log_every=20, resume=True)))
         settings[name] = {"method": "DPO", "beta": beta}
     for coef in args.ppo_kl:
@@ -76,7 +78,7 @@ def main() -> None:
         policies[name] = str(ppo_train(PPOConfig(
             model=str(sft), data=str(world / "prompts.jsonl"), output_dir=str(out / name),
             reward_model=str(rm), kl_coef=coef, learning_rate=5e-4, prompts_per_device=32,
-            mini_batch_size=16, ppo_epochs=2, max_new_tokens=32, max_length=96, max_steps=16, log_every=4,
+            mini_batch_size=16, ppo_epochs=2, max_new_tokens=32, max_length=96, max_steps=32, log_every=4,
             eval_prompts=0, keep_best=False, resume=True)))
         settings[name] = {"method": "PPO", "kl_coef": coef}
 

@@ -8,12 +8,16 @@ model's mistakes; the proxy-gold gap alarm flags it. An example, not a test:
     python examples/overoptimisation.py [--output runs/overopt] [--steps 60] [--kl 0,0.02,0.05] [--full]
 
 Steps: build (or reuse) the world, SFT, label pairs of SFT samples with a simulated labeler
-(4 samples and 3 pairs per prompt, temperature 0.1: a reward model worth optimising), train a
-reward model, then one PPO run per KL coefficient with the gold reward monitored. For each run it
-prints the proxy / gold / KL trajectory, the step and KL where gold peaked, and fits gold gain
-against d = sqrt(KL) in Gao et al.'s RL form d (alpha - beta log d); one plot holds every run
-(overoptimisation.png) and overoptimisation.json the numbers. Every run directory is resumable
-(metrics.jsonl of each PPO run holds its whole trajectory; best/ its peak-gold policy).
+(8 samples and 12 pairs per prompt, temperature 0.1: with fewer pairs the reward model learns
+sentiment but not the substance the gold values, and the gold falls from the first step -- there is
+nothing worth optimising), train a reward model, then one PPO run per KL coefficient with the gold
+reward monitored. Every ``--eval-every`` steps each run samples held-out prompts and measures proxy,
+gold and the sequence KL to SFT there (the points Gao et al. fit; the per-step training-batch
+numbers are printed too but are too noisy to fit). For each run it prints the trajectory, the step
+and KL where held-out gold peaked, and fits gold gain against d = sqrt(KL) in Gao et al.'s RL form
+d (alpha - beta log d); one plot holds every run (overoptimisation.png) and overoptimisation.json
+the numbers. Every run directory is resumable (metrics.jsonl of each PPO run holds its whole
+trajectory; best/ its peak-gold policy).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--kl", type=_floats, default=[0.0, 0.02, 0.05], help="KL coefficients, one run each")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--eval-every", type=int, default=4, help="steps between held-out evaluations")
     ap.add_argument("--full", action="store_true", help="the demo-size world instead of the quick one")
     args = ap.parse_args()
 
@@ -50,7 +55,7 @@ def main() -> None:
     cfg = sft_config(world, out, quick=quick)
     cfg.resume = True
     sft = sft_train(cfg)
-    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=4, pairs_per_prompt=3,
+    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=8, pairs_per_prompt=12,
                               labeler_temperature=0.1, seed=1)
     rm = rm_train(RewardConfig(model=str(sft), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
                                output_dir=str(out / "rm"), learning_rate=1e-3, per_device_batch_size=16,
@@ -62,17 +67,22 @@ def main() -> None:
             model=str(sft), data=str(world / "prompts.jsonl"), output_dir=str(run), reward_model=str(rm),
             kl_coef=coef, gold="synthetic", gap_alarm_steps=3, gap_alarm="warn", collapse_alarm="warn",
             learning_rate=args.lr, prompts_per_device=32, mini_batch_size=16, ppo_epochs=2,
-            max_new_tokens=32, max_length=96, max_steps=args.steps, log_every=1, eval_prompts=0, resume=True))
-        rows = [r for r in read_metrics(run) if "gold_reward" in r]
-        print(f"\nKL coefficient {coef:g}")
-        print(f"{'step':>5}{'proxy':>9}{'gold':>9}{'gap':>8}{'seq KL':>9}  alarm")
+            max_new_tokens=32, max_length=96, max_steps=args.steps, log_every=1, eval_prompts=64,
+            eval_every=args.eval_every, eval_num_samples=4, resume=True))
+        rows = read_metrics(run)
+        print(f"\nKL coefficient {coef:g} (training batch each step; held-out at the evaluation steps)")
+        print(f"{'step':>5}{'proxy':>9}{'gold':>9}{'gap':>8}{'seq KL':>9}{'eval gold':>10}{'eval KL':>9}"
+              "  alarm")
         for r in rows:
+            if "gold_reward" not in r:
+                continue
             alarm = " ".join(k[6:] for k in ("alarm_gap", "alarm_collapse") if r.get(k))
+            ev = f"{r['eval_gold']:>10.3f}{r['eval_seq_kl']:>9.2f}" if "eval_gold" in r else " " * 19
             print(f"{r['step']:>5}{r['proxy_reward']:>9.3f}{r['gold_reward']:>9.3f}{r['proxy_gold_gap']:>8.3f}"
-                  f"{r['seq_kl']:>9.2f}  {alarm}")
-        verdicts[f"{coef:g}"] = trajectory_verdict(rows)
-    verdicts_fit = gao_fit({k: [r for r in read_metrics(out / f"ppo_kl{k}") if "gold_reward" in r]
-                            for k in verdicts}, out / "overoptimisation.png")
+                  f"{r['seq_kl']:>9.2f}{ev}  {alarm}")
+        verdicts[f"{coef:g}"] = trajectory_verdict(eval_points(rows), rows)
+    verdicts_fit = gao_fit({k: eval_points(read_metrics(out / f"ppo_kl{k}")) for k in verdicts},
+                           out / "overoptimisation.png")
     for k, fit in verdicts_fit.items():
         verdicts[k]["gao_fit"] = fit
     (out / "overoptimisation.json").write_text(json.dumps(verdicts, indent=2))
@@ -86,10 +96,18 @@ def main() -> None:
               f"{v['final_gold']:>8.3f}{f['alpha']:>8.3f}{f['beta']:>7.3f}{f['r2']:>6.2f}{peak_kl:>12}")
 
 
-def trajectory_verdict(rows: list[dict]) -> dict:
-    """Where gold peaked on one run, how much it rose before, and whether it fell after."""
-    peak = max(rows, key=lambda r: r["gold_reward"])
-    first, last = rows[0], rows[-1]
+def eval_points(rows: list[dict]) -> list[dict]:
+    """The held-out evaluations of one run (step 0 = the SFT policy, KL 0), as
+    {step, gold_reward, proxy_reward, seq_kl}."""
+    return [{"step": r["step"], "gold_reward": r["eval_gold"], "proxy_reward": r["eval_proxy"],
+             "seq_kl": r["eval_seq_kl"]} for r in rows if "eval_gold" in r]
+
+
+def trajectory_verdict(points: list[dict], rows: list[dict]) -> dict:
+    """Where held-out gold peaked on one run, how much it rose before, and whether it fell after
+    (``points``: :func:`eval_points`; ``rows``: every metrics row, for the alarms)."""
+    peak = max(points, key=lambda r: r["gold_reward"])
+    first, last = points[0], points[-1]
     return {
         "start_gold": first["gold_reward"], "peak_gold_step": peak["step"], "peak_gold": peak["gold_reward"],
         "gold_rise": peak["gold_reward"] - first["gold_reward"], "kl_at_peak": peak["seq_kl"],
@@ -102,8 +120,9 @@ def trajectory_verdict(rows: list[dict]) -> dict:
 
 
 def gao_fit(runs: dict[str, list[dict]], png: Path) -> dict[str, dict]:
-    """Per run: gold gain over the first step against d = sqrt(KL), fitted as d (alpha - beta log d);
-    one plot with every run's gold gain (points), its fit (line) and its proxy gain (crosses)."""
+    """Per run: held-out gold gain over the SFT policy against d = sqrt(KL), fitted as
+    d (alpha - beta log d); one plot with every run's gold gain (points), its fit (line) and its proxy
+    gain (crosses)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +148,7 @@ def gao_fit(runs: dict[str, list[dict]], png: Path) -> dict[str, dict]:
         print(f"KL coef {name}: Gao fit alpha {fit['alpha']:.3f}, beta {fit['beta']:.3f}, "
               f"R2 {fit['r2']:.2f}, gold peaks at KL {kl_peak}")
     ax.set_xlabel("d = sqrt(KL to SFT)")
-    ax.set_ylabel("reward gain over step 1 (x: proxy)")
+    ax.set_ylabel("held-out reward gain over SFT (x: proxy)")
     ax.set_title("Reward over-optimisation: gold rises, then falls")
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=6)

@@ -43,9 +43,10 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def ppo_run(world, sft_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ppo")
-    # 12 steps: with 8 the gold gain ranged 0.02-0.59 over seeds 0-3 on the world the fixed
-    # packing/tokenisation builds; with 12 it is 0.37-0.78.
-    train(cfg_for(world, sft_model, out, max_steps=12))
+    # 20 steps: the substance gold (an opinion counts fully only about an aspect of the item) is
+    # slower to climb than sentiment alone; over seeds 0-3 the gold gain was 0.10-0.20 with 12 steps
+    # (0.09-0.26 at lr 1e-3) and 0.24-0.38 with 20.
+    train(cfg_for(world, sft_model, out, max_steps=20))
     return out
 
 
@@ -66,7 +67,7 @@ def test_config_needs_a_reward_and_k_for_rloo(world, sft_model):
 
 def test_first_minibatch_ratio_is_one(ppo_run):
     rows = [r for r in read_metrics(ppo_run) if "first_ratio" in r]
-    assert len(rows) == 12
+    assert len(rows) == 20
     for r in rows:  # every step: temperature-scaled training log-probs == the rollout's
         assert abs(r["first_ratio"] - 1.0) < 1e-5
         assert r["first_approx_kl"] < 1e-8
@@ -77,7 +78,7 @@ def test_first_minibatch_ratio_is_one(ppo_run):
 def test_ppo_raises_gold_reward_with_bounded_kl(ppo_run):
     s = summary(ppo_run)
     gain = s["final_eval_gold"] - s["initial_eval_gold"]
-    assert gain > 0.25, s  # measured 0.37 (seed 0); 0.37-0.78 over seeds 0-3
+    assert gain > 0.15, s  # measured 0.24 (seed 0); 0.24-0.38 over seeds 0-3
     assert 0.0 < s["final_eval_seq_kl"] < 15.0, s
     rows = read_metrics(ppo_run)
     for key in ("seq_kl", "approx_kl", "clipfrac", "entropy", "response_length", "distinct_2",
@@ -90,14 +91,15 @@ def test_ppo_raises_gold_reward_with_bounded_kl(ppo_run):
 @pytest.mark.parametrize("estimator,extra", [("rloo", {}), ("grpo", {"kl_in": "loss"})])
 def test_critic_free_estimators_raise_gold_reward(world, sft_model, tmp_path, estimator, extra):
     cfg = cfg_for(world, sft_model, tmp_path, estimator=estimator, prompts_per_device=8,
-                  max_steps=10, **extra)
+                  max_steps=20, **extra)
     train(cfg)
     s = summary(tmp_path)
     assert s["samples_per_prompt"] == 4 and s["critic"] is None
     rows = [r for r in read_metrics(tmp_path) if "pg_loss" in r]
     assert all(torch.isfinite(torch.tensor(r["pg_loss"])) for r in rows)
-    # measured RLOO 0.38-0.75, GRPO 0.49-0.73 over seeds 0-3
-    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.25, s
+    # measured RLOO 0.29-0.62, GRPO 0.46-0.82 over seeds 0-3 (20 steps; with 10, RLOO's seed 0 gained
+    # only 0.03 on the substance gold)
+    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.2, s
 
 
 def test_grpo_one_update_reuses_its_forward_and_matches_the_rollout_logprobs_path(world, sft_model, tmp_path,
@@ -170,10 +172,13 @@ def learned_rm(world, sft_model, tmp_path_factory) -> Path:
                                  num_epochs=2, max_length=96, log_every=10, warmup_ratio=0.05, seed=0))
 
 
+# 20 steps each: on the substance gold, 10-12 steps gained -0.02-0.19 (PPO) and 0.07 (RLOO, seeds
+# 0-1); with 20, the gold gain over seeds 0-3 was PPO 0.17-0.31, RLOO 0.21-0.36, GRPO 0.18-0.28
+# (proxy gains 1.0-1.8): the thresholds sit below each minimum.
 @pytest.mark.parametrize("estimator,extra,min_gain", [
-    ("ppo", {}, 0.2),  # measured gold -0.16 -> 0.39, proxy -0.17 -> 0.95, KL 2.7 (seed 0)
-    ("rloo", {"prompts_per_device": 8, "max_steps": 12}, 0.15),  # measured -0.16 -> 0.26, KL 4.3
-    ("grpo", {"prompts_per_device": 8, "max_steps": 12, "kl_in": "loss"}, 0.15),  # measured -0.16 -> 0.34
+    ("ppo", {}, 0.1),  # measured gold -0.07 -> 0.23, proxy +1.60, KL 3.3 (seed 0)
+    ("rloo", {"prompts_per_device": 8}, 0.12),  # measured -0.07 -> 0.29, KL 4.7
+    ("grpo", {"prompts_per_device": 8, "kl_in": "loss"}, 0.1),  # measured -0.07 -> 0.12, KL 3.8
 ])
 def test_rl_with_a_learned_reward_model_raises_gold(world, sft_model, learned_rm, tmp_path, estimator, extra,
                                                     min_gain):
@@ -181,7 +186,7 @@ def test_rl_with_a_learned_reward_model_raises_gold(world, sft_model, learned_rm
     offset applied; for PPO the critic is initialised from it); gold is only monitored."""
     out = tmp_path / estimator
     train(cfg_for(world, sft_model, out, reward_functions=[], reward_model=str(learned_rm),
-                  estimator=estimator, **{"max_steps": 10, **extra}))
+                  estimator=estimator, max_steps=20, **extra))
     s = summary(out)
     assert s["critic"] == (str(learned_rm) if estimator == "ppo" else None)
     assert s["final_eval_proxy"] - s["initial_eval_proxy"] > 0.3, s
@@ -252,16 +257,17 @@ def test_gap_alarm_stops_a_hacked_run(world, sft_model, tmp_path):
 def test_policy_head_critic_trains_and_saves_a_plain_policy(world, sft_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    final = train(cfg_for(world, sft_model, tmp_path, critic="policy_head"))
+    final = train(cfg_for(world, sft_model, tmp_path, critic="policy_head", max_steps=20))
     s = summary(tmp_path)
     assert s["critic"] == "policy_head"
     rows = [r for r in read_metrics(tmp_path) if "first_ratio" in r]
-    assert len(rows) == 8
+    assert len(rows) == 20
     for r in rows:  # one forward gives logits and values: the ratio is still 1 on the first minibatch
         assert abs(r["first_ratio"] - 1.0) < 1e-5 and r["first_clipfrac"] == 0.0
         assert torch.isfinite(torch.tensor(r["vf_loss"]))
-    assert rows[-1]["vf_loss"] < rows[0]["vf_loss"]  # measured 0.246 -> 0.076 (seed 0)
-    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.25, s  # measured 0.70 (seed 0)
+    assert rows[-1]["vf_loss"] < rows[0]["vf_loss"]  # measured 0.233 -> 0.056 (seed 0)
+    # measured 0.65 (seed 0); 0.27-0.65 over seeds 0-3 (20 steps; 8 gave 0.18 at seed 0)
+    assert s["final_eval_gold"] - s["initial_eval_gold"] > 0.2, s
     assert not any("v_head" in k for k in weights(final))
     AutoModelForCausalLM.from_pretrained(final)  # plain transformers loads it
 

@@ -20,7 +20,8 @@ simulated-labeler preferences and one reward model, and measures every final pol
    against KL, DPO and PPO in one plot, each point labelled with its beta / coefficient).
 
 Every run directory is resumable: re-running the script skips what is finished. On 2 CPU cores the quick
-world takes ~15 minutes for the default 8 runs, which is why this is an example and not part of `rlhf demo`.
+world takes about 6 minutes for the default 8 runs, which is why this is an example and not part of
+`rlhf demo`.
 """
 
 from __future__ import annotations

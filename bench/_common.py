@@ -10,7 +10,7 @@ Every comparison follows one structure:
   so a busy moment cannot inflate MFU);
 * it runs each side in a fresh child process (``--worker SIDE``), alternating A B A B so drift
   in machine load hits both sides alike; every child reports its own throughput, loop time and
-  peak RSS (``resource.getrusage`` in the child, so the two sides never share a high-water mark);
+  peak RSS (``VmHWM`` of the child's own address space: see `peak_rss_mb`);
 * medians over rounds, the ratio ours / TRL, the RSS ratio and the MFU go into one JSON line on
   stdout and ``<output>/<bench>.json``.
 
@@ -55,7 +55,21 @@ LLAMA20M = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=8, nu
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS.
+    """This process's own peak resident set, in MB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux keeps that high-water mark in the process's
+    signal struct, and exec folds the old address space's peak into it -- after fork, a copy of the
+    parent's -- so a child started by a parent holding torch and the world reports the parent's peak
+    (a child that really peaks at 13 MB reported 613 MB under a 600 MB parent). ``VmHWM`` in
+    /proc/self/status is per address space, which exec replaces: the child's own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    # No procfs (macOS): ru_maxrss, in bytes there, may include the parent's peak as explained above.
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

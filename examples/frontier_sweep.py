@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig
-    from rlhfkit.demo import sft_config, world_config
+    from rlhfkit.demo import PAIRS_PER_PROMPT, SAMPLES_PER_PROMPT, sft_config, world_config
     from rlhfkit.evaluate.policies import evaluate_policies, read_prompts
     from rlhfkit.synthetic.preferences import preference_splits
     from rlhfkit.synthetic.world import build
@@ -59,7 +59,8 @@ def main() -> None:
     cfg = sft_config(world, out, quick=quick)
     cfg.resume = True
     sft = sft_train(cfg)
-    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=8, pairs_per_prompt=12,
+    prefs = preference_splits(sft, world, out / "prefs", samples_per_prompt=SAMPLES_PER_PROMPT,
+                              pairs_per_prompt=PAIRS_PER_PROMPT,
                               labeler_temperature=0.1, seed=1)
     rm = rm_train(RewardConfig(model=str(sft), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
                                output_dir=str(out / "rm"), learning_rate=1e-3, per_device_batch_size=16,

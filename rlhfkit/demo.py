@@ -12,6 +12,11 @@ from pathlib import Path
 
 from rlhfkit.config import SFTConfig, SynthConfig
 
+# Completions sampled per training prompt and pairs labelled among them: the demo's feedback budget,
+# shared by the examples that compare against the demo (frontier sweep, over-optimisation). Fewer
+# (6 x 6) gave a reward model that learns sentiment but hardly the substance the gold values.
+SAMPLES_PER_PROMPT, PAIRS_PER_PROMPT = 8, 12
+
 
 def world_config(output: Path, quick: bool) -> SynthConfig:
     if quick:
@@ -60,7 +65,8 @@ def demo_pipeline(output: str | Path, quick: bool) -> dict:
     gen = {"max_new_tokens": 32, "max_length": 96}
     return {
         "output_dir": str(out), "seed": 0, "project": "demo", "rounds": 1, "world": world, "sft": sft,
-        "collect": {"prompts": f"{w}/prompts.jsonl", "num_samples": 8, "pairs_per_prompt": 12,
+        "collect": {"prompts": f"{w}/prompts.jsonl", "num_samples": SAMPLES_PER_PROMPT,
+                    "pairs_per_prompt": PAIRS_PER_PROMPT,
                     "annotators_per_task": 1, "max_new_tokens": 48, "temperature": 1.0},
         "label": {"mode": "simulate", "num_annotators": 3, "temperature": 0.1},
         "export": {"aggregate": "judgement", "ties": "drop"},

@@ -148,3 +148,17 @@ def store_url(request, tmp_path):
     name, url = cluster.new_database()
     yield url
     cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Path:
+    """The conformance matrix's tiny models (eight architectures, random weights, dropout on,
+    hostile generation_config.json) and tokenizers (five chat-template conventions)."""
+    from rlhfkit.testing.conformance import ARCHITECTURES, TEMPLATES, build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("zoo")
+    for t in TEMPLATES:
+        build_tokenizer(t, root / f"tok-{t}")
+    for a in ARCHITECTURES:
+        build_model(a, root / f"model-{a}")
+    return root

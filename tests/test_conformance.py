@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.testing.conformance import ARCHITECTURES, CONTEXT, CONVERSATIONS, TEMPLATES, build_model, \
-    build_tokenizer, template_ids
+from rlhfkit.testing.conformance import ARCHITECTURES, CONTEXT, CONVERSATIONS, TEMPLATES, template_ids
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 CELLS = [(a, t) for a in ARCHITECTURES for t in TEMPLATES]
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("zoo")
-    for t in TEMPLATES:
-        build_tokenizer(t, root / f"tok-{t}")
-    for a in ARCHITECTURES:
-        build_model(a, root / f"model-{a}")
-    return root
 
 
 def _load(zoo: Path, arch: str, template: str, *, reward: bool = False):
@@ -110,12 +99,15 @@ def test_sampling_distribution_is_the_trained_one(zoo, arch, template):
     from rlhfkit.data.collate import response_batch
     from rlhfkit.generation import sample_completions
     from rlhfkit.logprobs import token_logprobs
+    from rlhfkit.rl.engine import HFEngine
     from rlhfkit.rl.rollout import generate_rollout
 
     tok, model = _load(zoo, arch, template)
     prompts = [r["prompt"] for r in _rows(tok, "prompt")]
     calls = _spy_generate(model)
-    ro = generate_rollout(model, tok, prompts, num_samples=2, max_new_tokens=10, temperature=0.7, seed=0)
+    # the `hf` engine, whose scores the spy sees (test_rollout_engine.py covers the others)
+    ro = generate_rollout(model, tok, prompts, num_samples=2, max_new_tokens=10, temperature=0.7, seed=0,
+                          engine=HFEngine())
     scores = calls[-1]  # (B, R, V) one chunk
     p = ro.prompt_width
     sampled = torch.log_softmax(scores.float(), -1)  # (B, R, V)

@@ -152,6 +152,18 @@ class PPOConfig(TrainConfig):
     """Sampling temperature of rollouts; every log-prob (rollout, reference, training) divides
     the logits by it (item 12)."""
 
+    rollout_engine: Literal["loop", "hf", "vllm"] = "loop"
+    """What samples rollouts (all from the same full temperature softmax; log-probs always come
+    from the training forward): 'loop', our own KV-cache loop that prefills each prompt once for
+    its `num_samples` samples and drops finished sequences from the batch (1.5-2x faster than
+    'hf' on CPU); 'hf', `model.generate` (the reference the others are tested against); 'vllm',
+    a colocated vLLM engine with the policy's weights synced after every update (GPU; needs the
+    optional `vllm` package)."""
+
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    """Share of GPU memory the vLLM engine may take (KV cache included) with
+    `rollout_engine: vllm`; the rest stays for training."""
+
     max_prompt_length: int | None = Field(None, gt=0)
     """Prompt tokens kept (from the end: that is what a response answers; a leading BOS stays);
     longer prompts are cut from the left with a counted warning. Default and upper bound: the
@@ -314,6 +326,9 @@ class PPOConfig(TrainConfig):
             raise ValueError("kl_in 'loss' is for rloo / grpo; PPO puts the KL in the reward")
         if self.scale_rewards != "group" and self.estimator != "grpo":
             raise ValueError(f"scale_rewards is a GRPO setting; estimator is '{self.estimator}'")
+        if "vllm_gpu_memory_utilization" in self.model_fields_set and self.rollout_engine != "vllm":
+            raise ValueError(f"vllm_gpu_memory_utilization is for rollout_engine: vllm; rollout_engine is "
+                             f"'{self.rollout_engine}'")
         if self.lora_r and self.lora_dropout > 0:
             # A LoRA branch with dropout makes two forwards of the same weights differ: the first
             # PPO ratio is then not 1 and the KL to the adapter-off reference is noise.

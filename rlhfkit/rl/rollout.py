@@ -2,15 +2,16 @@
 
 Implementation details (RLHF-DETAILS items 7-12):
 
-1. Prompts are tokenised without EOS and left-padded with the real PAD token plus an attention
-   mask, so every prompt ends in the same column P and one batched ``generate`` call with the KV
-   cache samples all of them (the fast path; it is the default and the only path).
+1. Prompts are tokenised without EOS; an engine (:mod:`rlhfkit.rl.engine`; default: our own
+   KV-cache loop, which prefills each prompt once per group and drops finished rows; ``generate``
+   and vLLM are the others) returns the sampled tokens, and the rollout is laid out from them.
+   Engines return tokens, never the log-probs that are trained on (item 5).
 2. Sampling: temperature (0.7 is common in RL), at most ``max_new_tokens``, stopping at EOS, and
-   nothing else: :mod:`rlhfkit.generation` runs ``generate`` under a fully specified config of
-   our own, so a checkpoint's ``generation_config.json`` (repetition penalty, n-gram blocking,
-   minimum length, bad words, extra EOS ids...) cannot make the sampler differ from the
-   distribution whose log-probs are trained on. No top-k / top-p either: truncated sampling with
-   log-probs of the full softmax is off-policy (TRL and OpenRLHF accept that bias; we do not).
+   nothing else: no engine applies a checkpoint's ``generation_config.json`` (repetition penalty,
+   n-gram blocking, minimum length, bad words, extra EOS ids...), which would make the sampler
+   differ from the distribution whose log-probs are trained on. No top-k / top-p either:
+   truncated sampling with log-probs of the full softmax is off-policy (TRL and OpenRLHF accept
+   that bias; we do not).
    Prompts longer than ``max_prompt_length`` (default: the context minus ``max_new_tokens``) are
    cut from the left with a counted warning.
 3. Everything after the first EOS is padding: its ids are set to PAD and it is 0 in
@@ -18,11 +19,13 @@ Implementation details (RLHF-DETAILS items 7-12):
 4. The sequences keep the generation layout: (B, P) left-padded prompt then (B, R) response
    columns, with ``position_ids = cumsum(mask) - 1``. Training forwards reuse these tensors.
 5. Log-probs of the sampled tokens are recomputed with one ordinary forward pass (not taken from
-   ``generate``'s incremental KV-cache path) with logits divided by the same temperature, via the
+   the engine's incremental KV-cache path) with logits divided by the same temperature, via the
    shared :func:`rlhfkit.logprobs.token_logprobs`. The training forward is then the same
    computation, so the first PPO ratio is 1 to float error in fp32, and these log-probs equal
-   those of the distribution ``generate`` sampled from (tests/test_conformance.py checks both on
-   eight architectures with hostile generation configs).
+   those of the distribution the engine sampled from (tests/test_conformance.py and
+   tests/test_rollout_engine.py check both on eight architectures with hostile generation
+   configs); the largest difference from the engine's own log-probs is reported as
+   ``engine_logprob_gap``.
 6. The model is put in eval mode (no dropout, item 7) while sampling and scoring.
 """
 
@@ -35,9 +38,10 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.data.collate import left_pad_prompts, position_ids_from_mask
-from rlhfkit.generation import generate, prompt_ids_for, sampling_config, truncate_after_eos
+from rlhfkit.data.collate import left_pad_prompts, pad as pad_to, position_ids_from_mask
+from rlhfkit.generation import prompt_ids_for, truncate_after_eos
 from rlhfkit.logprobs import token_logprobs
+from rlhfkit.rl.engine import LoopEngine
 
 
 @dataclass
@@ -95,13 +99,14 @@ def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1,
                      max_new_tokens: int = 48, temperature: float = 0.7, batch_size: int = 64,
                      seed: int | None = None, prompt_ids: list[list[int]] | None = None,
-                     max_prompt_length: int | None = None, compute_logprobs: bool = True) -> Rollout:
+                     max_prompt_length: int | None = None, compute_logprobs: bool = True,
+                     engine=None) -> Rollout:
     """Sample ``num_samples`` responses per prompt and build a :class:`Rollout`.
 
     ``prompt_ids`` may be given instead of tokenising ``prompts`` (they must not end in EOS and
     must already fit: see :func:`rlhfkit.generation.prompt_ids_for`); otherwise the prompts are
     tokenised and cut to ``max_prompt_length`` and the model's context here.
-    ``seed`` reseeds the global generator that ``generate`` draws from; None leaves it alone (a
+    ``seed`` reseeds torch's global generator, which every engine draws from; None leaves it alone (a
     training loop that checkpoints RNG state wants that). ``compute_logprobs=False`` skips the
     policy forward and leaves ``logprobs`` zero, for a caller that takes them from its own
     training forward (one update over the whole rollout: the ratio is 1 either way).
@@ -118,32 +123,20 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
     device = next(model.parameters()).device
     ids = prompt_ids if prompt_ids is not None else prompt_ids_for(
         model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length)
+    t0 = time.perf_counter()
+    engine = engine if engine is not None else LoopEngine()
+    sampled = engine.sample(model, ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                            temperature=temperature, eos=eos, pad=pad, batch_size=batch_size)
+    gen_seconds = time.perf_counter() - t0
     # Group layout: each prompt repeated k times, contiguously.
     ids = [list(p) for p in ids for _ in range(num_samples)]
     texts_in = [p for p in prompts for _ in range(num_samples)]
 
-    t0 = time.perf_counter()
-    chunks = []
-    config = sampling_config(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                             temperature=temperature)
-    for s in range(0, len(ids), batch_size):
-        batch = {k: v.to(device) for k, v in left_pad_prompts(ids[s:s + batch_size], pad).items()}
-        gen = generate(model, batch, config)
-        chunks.append(gen[:, batch["input_ids"].shape[1]:])  # (b, <= max_new_tokens)
-    gen_seconds = time.perf_counter() - t0
-
     # One (B, T) tensor for the whole rollout: prompts left-padded to the longest prompt P,
-    # responses right-padded to the longest response R (chunks may differ in both).
+    # responses right-padded to the longest response R.
     prompt_batch = left_pad_prompts(ids, pad)
     p_width = prompt_batch["input_ids"].shape[1]
-    r_width = max(c.shape[1] for c in chunks)
-    new = torch.full((len(ids), r_width), pad, dtype=torch.long)
-    row = 0
-    for c in chunks:
-        new[row:row + c.shape[0], :c.shape[1]] = c.cpu()
-        row += c.shape[0]
-    # A chunk narrower than R stopped early because all its rows had emitted EOS, so its missing
-    # columns lie after every row's first EOS: PAD there, and masked below.
+    new = pad_to(sampled.tokens, pad, "right")  # (B, R)
     new, resp_mask, ended = truncate_after_eos(new, eos, pad)  # (B, R), (B, R), (B,)
 
     input_ids = torch.cat([prompt_batch["input_ids"], new], dim=1)  # (B, T)
@@ -159,6 +152,16 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
         logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1)
     logprob_seconds = time.perf_counter() - t1
     model.train(was_training)
+    meta = {**sampled.meta, "gen_seconds": gen_seconds, "logprob_seconds": logprob_seconds,
+            "new_tokens": int(resp_mask.sum())}
+    if compute_logprobs and sampled.logprobs is not None:
+        # How far the engine's incremental (KV-cache) log-probs are from the training forward's:
+        # float noise (~1e-6 in fp32) for a correct engine; large values mean it sampled from a
+        # different distribution than the one trained on.
+        engine_lp = pad_float(sampled.logprobs, (new.shape[0], new.shape[1]))
+        ours = logprobs[:, p_width - 1:]  # (B, R): log p of the response columns
+        gap = (engine_lp - ours).abs() * resp_mask  # (B, R)
+        meta["engine_logprob_gap"] = float(gap.max()) if gap.numel() else 0.0
 
     response_ids = [r[:int(n)] for r, n in zip(new.tolist(), resp_mask.sum(-1).tolist())]
     texts = [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True)
@@ -167,8 +170,16 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
                    attention_mask=attention_mask, position_ids=position_ids, response_mask=response_mask,
                    logprobs=logprobs, texts=texts, ended_with_eos=ended, prompt_width=p_width,
                    temperature=temperature,
-                   meta={"gen_seconds": gen_seconds, "logprob_seconds": logprob_seconds,
-                         "new_tokens": int(resp_mask.sum())})
+                   meta=meta)
+
+
+def pad_float(rows: list[list[float]], shape: tuple[int, int]) -> torch.Tensor:
+    """Right-pad float rows with 0 into a tensor of ``shape`` (rows longer than it are cut)."""
+    out = torch.zeros(shape)
+    for i, r in enumerate(rows):
+        r = r[:shape[1]]
+        out[i, :len(r)] = torch.tensor(r, dtype=out.dtype)
+    return out
 
 
 def apply_no_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor, penalty: float | None,

@@ -7,7 +7,8 @@ Implementation details (RLHF-DETAILS items 7-21; each prevents a known failure):
    ones in :mod:`rlhfkit.rl` and :mod:`rlhfkit.losses`; this file only wires them.
 2. Rollouts (``generate_rollout``): prompts tokenised once (one BOS; chat templates respected)
    and cut from the left to ``max_prompt_length`` / the context with a counted warning;
-   left-padded, KV cache, temperature 0.7 and no other processor (the checkpoint's
+   sampled by ``rollout_engine`` (:mod:`rlhfkit.rl.engine`: our own KV-cache loop by default,
+   ``generate`` or vLLM) with temperature 0.7 and no other processor (the checkpoint's
    generation_config.json is not applied, so samples come from exactly the distribution whose
    log-probs are trained); everything after the first EOS is padding (items 8-10). The rollout's
    log-probs, the reference's and the training forward's all divide the logits by the sampling
@@ -112,6 +113,7 @@ from rlhfkit.rl.critic import HeadCritic, PolicyWithValueHead, SeparateCritic, V
 from rlhfkit.rl.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
 from rlhfkit.rl.monitors import (CollapseWatch, check_alarms, cross_prompt_similarity, distinct_2,  # noqa: F401
                                   gap_widening, top_completion_share)
+from rlhfkit.rl.engine import make_engine
 from rlhfkit.rl.rollout import forward_logprobs, generate_rollout, score_rollout
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, make_optimizer,
                                   make_scheduler, progress, start_run, total_steps, write_json)
@@ -196,10 +198,21 @@ def _ref_logprobs(cfg: PPOConfig, ref, net, ro) -> torch.Tensor:
     return lp
 
 
+def _engine(cfg: PPOConfig, acc):
+    """The rollout engine (detail 2 above); vLLM starts from the policy's directory and gets the
+    trained weights before every rollout."""
+    if cfg.rollout_engine == "vllm":
+        return make_engine("vllm", model_path=cfg.model, dtype=cfg.dtype, seed=cfg.seed + acc.process_index,
+                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                           processes=acc.num_processes)
+    return make_engine(cfg.rollout_engine)
+
+
 def _sample(cfg: PPOConfig, acc, net, tok, prompts: list[str], ids: list[list[int]], num: int,
-            logprobs: bool = True):
+            logprobs: bool = True, engine=None):
     ro = generate_rollout(net, tok, prompts, num_samples=num, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs)
+                          temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs,
+                          engine=engine)
     for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
         setattr(ro, f, getattr(ro, f).to(acc.device))
     return ro
@@ -284,6 +297,8 @@ def _rollout_metrics(ro, proxy, score, seq_kl, gold, k: int) -> dict[str, float]
              "cross_prompt_similarity": cross_prompt_similarity(ro.response_ids[:64], k)}
     if seq_kl is not None:
         local["seq_kl"] = _mean(seq_kl.tolist())
+    if "engine_logprob_gap" in ro.meta:  # float noise unless the engine sampled another distribution
+        local["engine_logprob_gap"] = ro.meta["engine_logprob_gap"]
     if gold is not None:
         local["gold_reward"] = _mean(gold)
     return local
@@ -353,6 +368,7 @@ def train(cfg: PPOConfig) -> Path:
         if audit is not None:
             audit.rounds = state.get("audit_rounds", [])
     reuse_lp = reuses_update_logprobs(cfg, n_mb)
+    engine = _engine(cfg, acc)
 
     def evaluate() -> dict[str, float]:
         mine = eval_prompts[rank::world]
@@ -360,7 +376,7 @@ def train(cfg: PPOConfig) -> Path:
             return {}
         with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed + 1000 + rank)  # the same samples at every evaluation point
-            ro = _sample(cfg, acc, net, tok, mine, eval_ids[rank::world], cfg.eval_num_samples)
+            ro = _sample(cfg, acc, net, tok, mine, eval_ids[rank::world], cfg.eval_num_samples, engine=engine)
         seq_kl = (kl_k1(ro.logprobs, _ref_logprobs(cfg, ref, net, ro)) * ro.token_mask).sum(-1)
         local = {"eval_proxy": _mean(reward_fn(ro.prompts, ro.texts)), "eval_seq_kl": _mean(seq_kl.tolist())}
         if gold_fn:
@@ -376,7 +392,7 @@ def train(cfg: PPOConfig) -> Path:
         idx = batch_indices(step, n_examples=len(prompts), global_batch=global_batch, seed=cfg.seed)
         mine = idx[rank * cfg.prompts_per_device:(rank + 1) * cfg.prompts_per_device]
         ro = _sample(cfg, acc, net, tok, [prompts[i] for i in mine], [prompt_ids[i] for i in mine], k,
-                     logprobs=not reuse_lp)
+                     logprobs=not reuse_lp, engine=engine)
         mask = ro.token_mask.float()  # (B, T-1)
         # 2. score, and the KL to the reference
         proxy, score = score_rollout(ro, reward_fn, no_eos_penalty=cfg.no_eos_penalty,

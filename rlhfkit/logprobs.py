@@ -5,9 +5,19 @@ Conventions: position t of the logits predicts token t+1, so per-token log-probs
 divided by the sampling temperature *before* the log-softmax in every log-prob computation
 (rollout, reference, training), or the policy ratio on the first PPO minibatch is not 1
 (RLHF-DETAILS item 12).
+
+RL sequences are a prompt block then a response block, and only the response's log-probs are
+ever used: :func:`logits_window` asks the model for logits from the last prompt column on only
+(transformers' ``logits_to_keep``), so the LM head (vocab x hidden per position: a quarter of a
+tiny model's FLOPs) and the log-softmax skip the prompt; :func:`window_logprobs` puts the result
+back into the (B, T-1) layout with zeros over the prompt. Rollout, reference and training
+forwards all use it, so they stay the same computation (first PPO ratio 1).
 """
 
 from __future__ import annotations
+
+import inspect
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -43,3 +53,32 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+@lru_cache(maxsize=64)
+def _takes_logits_to_keep(forward_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
+
+
+def _causal_lm(model):
+    """The transformers model under DDP / a value-head wrapper / peft."""
+    for attr in ("module", "policy"):
+        model = getattr(model, attr, model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def logits_window(model, keep_from: int, width: int) -> tuple[dict, int]:
+    """(forward kwargs, first logit position) for logits of positions ``keep_from .. width-1``
+    only: ``{"logits_to_keep": width - keep_from}`` when the model's forward takes it (every
+    transformers causal LM of the conformance matrix does), else ``({}, 0)``: all logits."""
+    if keep_from > 0 and _takes_logits_to_keep(type(_causal_lm(model))):
+        return {"logits_to_keep": width - keep_from}, keep_from
+    return {}, 0
+
+
+def window_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, keep_from: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Logits (B, T - keep_from, V) of positions keep_from..T-1 (all positions when keep_from is
+    0) -> (B, T-1) token log-probs aligned with ``input_ids[:, 1:]``, zero before ``keep_from``."""
+    lp = token_logprobs(logits, input_ids[:, keep_from:], temperature)  # (B, T-1-keep_from)
+    return F.pad(lp, (keep_from, 0))

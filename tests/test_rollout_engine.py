@@ -293,3 +293,19 @@ def test_weight_sync_sends_a_tied_head_under_its_own_name(zoo):
         assert len(names) == len(list(model.parameters())) + int(tied), arch
         n_tied += tied
     assert 0 < n_tied < len(ARCHITECTURES)  # both kinds are covered
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_logits_from_the_last_prompt_column_give_the_same_logprobs(zoo, arch):
+    """Rollout, reference and training forwards compute logits from column P-1 on only
+    (`logits_to_keep`): the response log-probs equal those of the full forward, zeros elsewhere."""
+    from rlhfkit.rl.rollout import forward_logprobs
+
+    tok, model = _load(zoo, arch, "gemma")
+    ro = generate_rollout(model, tok, _prompts(tok), num_samples=2, max_new_tokens=8, temperature=0.7, seed=0)
+    args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
+    full = forward_logprobs(model, *args, temperature=0.7)
+    window = forward_logprobs(model, *args, temperature=0.7, prompt_width=ro.prompt_width)
+    torch.testing.assert_close(window, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ro.logprobs, window)  # the rollout's own pass is the windowed one
+    assert ro.prompt_width > 1 and (window[:, :ro.prompt_width - 1] == 0).all()

@@ -53,19 +53,21 @@ class PolicyWithValueHead(nn.Module):
         nn.init.normal_(self.v_head.weight, std=1 / math.sqrt(d + 1))
         nn.init.zeros_(self.v_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, use_cache: bool = False):
+    def forward(self, input_ids, attention_mask, position_ids, use_cache: bool = False, **kw):
+        # kw: logits_to_keep (logprobs.logits_window); the hidden states stay full length
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, use_cache=False)
+                          output_hidden_states=True, use_cache=False, **kw)
         h = out.hidden_states[-1]
         v = self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()
         return out.logits, v[:, :-1]  # values aligned with token log-probs
 
 
-def policy_forward(policy, input_ids, attention_mask,
-                   position_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits (B, T, V), values (B, T-1) or None): one forward of the policy being trained."""
+def policy_forward(policy, input_ids, attention_mask, position_ids,
+                   **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits (B, T, V) -- (B, T - start, V) with ``logits_to_keep`` in ``kw`` --, values
+    (B, T-1) or None): one forward of the policy being trained."""
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 use_cache=False)
+                 use_cache=False, **kw)
     return (out[0], out[1]) if isinstance(out, tuple) else (out.logits, None)
 
 

@@ -20,8 +20,8 @@ Engines (``rollout_engine`` in the RL config):
      instead of decoding padding to the longest response (HF ``generate`` keeps every row);
    - tokens are drawn by inverse-CDF sampling with one uniform number per row per step, drawn for
      every row of the batch whether or not it is still decoding: which rows have finished (and
-     so compaction and bucket padding) never changes which token a row samples, and a fixed seed
-     gives the same tokens with or without compaction.
+     so compaction) never changes which token a row samples, and a fixed seed gives the same
+     tokens with or without compaction.
 3. ``vllm``: generation on a vLLM engine colocated with training (:mod:`rlhfkit.rl.vllm_engine`).
 
 A generation config shipped with the checkpoint (repetition penalty, extra EOS ids...) is never
@@ -52,7 +52,7 @@ class Sampled:
     """Tokens sampled for B rows (group layout, as the prompt ids were given)."""
 
     tokens: list[list[int]]  # (B,) sampled tokens, through the first EOS or max_new_tokens long
-    meta: dict = field(default_factory=dict)  # engine statistics (decode steps, compile seconds...)
+    meta: dict = field(default_factory=dict)  # engine statistics (decode steps, row-steps, syncs)
     # (B,) the engine's own temperature-scaled log-prob of each sampled token, where it has them:
     # only a diagnostic (generate_rollout reports their largest gap to the training forward's)
     logprobs: list[list[float]] | None = None

@@ -40,7 +40,7 @@ import torch
 
 from rlhfkit.data.collate import left_pad_prompts, pad as pad_to, position_ids_from_mask
 from rlhfkit.generation import prompt_ids_for, truncate_after_eos
-from rlhfkit.logprobs import token_logprobs
+from rlhfkit.logprobs import logits_window, window_logprobs
 from rlhfkit.rl.engine import LoopEngine
 
 
@@ -81,16 +81,18 @@ class Rollout:
 @torch.no_grad()
 def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      position_ids: torch.Tensor, response_mask: torch.Tensor, *,
-                     temperature: float = 1.0, batch_size: int = 64) -> torch.Tensor:
+                     temperature: float = 1.0, batch_size: int = 64, prompt_width: int = 0) -> torch.Tensor:
     """(B, T-1) temperature-scaled log-probs of the response tokens (0 elsewhere), computed in
     chunks of ``batch_size`` rows without gradients: for the rollout policy, the frozen
-    reference and any other scorer of the same sequences."""
+    reference and any other scorer of the same sequences. With ``prompt_width`` P (responses
+    start at column P) logits are computed from column P-1 on only (:func:`logits_window`)."""
     out = []
+    kw, start = logits_window(model, max(prompt_width - 1, 0), input_ids.shape[1])
     for s in range(0, input_ids.shape[0], batch_size):
         sl = slice(s, s + batch_size)
         logits = model(input_ids=input_ids[sl], attention_mask=attention_mask[sl],
-                       position_ids=position_ids[sl], use_cache=False).logits  # (b, T, V)
-        lp = token_logprobs(logits, input_ids[sl], temperature)  # (b, T-1)
+                       position_ids=position_ids[sl], use_cache=False, **kw).logits  # (b, T - start, V)
+        lp = window_logprobs(logits, input_ids[sl], start, temperature)  # (b, T-1)
         out.append(lp * response_mask[sl, 1:].to(lp.dtype))
     return torch.cat(out)
 
@@ -147,7 +149,8 @@ def generate_rollout(model, tokenizer, prompts: Sequence[str], *, num_samples: i
     if compute_logprobs:
         logprobs = forward_logprobs(model, input_ids.to(device), attention_mask.to(device),
                                     position_ids.to(device), response_mask.to(device),
-                                    temperature=temperature, batch_size=batch_size).cpu()
+                                    temperature=temperature, batch_size=batch_size,
+                                    prompt_width=p_width).cpu()
     else:
         logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1)
     logprob_seconds = time.perf_counter() - t1

@@ -97,13 +97,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.distributed import global_token_normalizer, mean_across
 from rlhfkit.errors import DataError
 from rlhfkit.generation import prompt_ids_for
 from rlhfkit.gold import describe_gold, resolve_gold
-from rlhfkit.logprobs import masked_mean, token_logprobs
+from rlhfkit.logprobs import logits_window, masked_mean, window_logprobs
 from rlhfkit.losses import entropy_from_logits, ppo_policy_loss
 from rlhfkit.modeling import (apply_lora, chat_renderer, load_causal_lm, load_reward_model, load_tokenizer,
                               save_hf)
@@ -189,11 +190,12 @@ def _ref_logprobs(cfg: PPOConfig, ref, net, ro) -> torch.Tensor:
     """(B, T-1) reference log-probs of the rollout's response tokens: the frozen copy, or with LoRA
     the adapter-off policy (item 23)."""
     args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
+    kw = {"temperature": cfg.temperature, "prompt_width": ro.prompt_width}
     if ref is not None:
-        return forward_logprobs(ref, *args, temperature=cfg.temperature)
+        return forward_logprobs(ref, *args, **kw)
     net.eval()
     with net.disable_adapter():
-        lp = forward_logprobs(net, *args, temperature=cfg.temperature)
+        lp = forward_logprobs(net, *args, **kw)
     net.train()
     return lp
 
@@ -253,8 +255,10 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
             # Global token mean: DDP averages gradients over processes, so each process divides
             # its token sum by (all processes' tokens / world), not by its own count.
             n_tok = global_token_normalizer(acc, mb_mask)
-            logits, v = policy_forward(policy, ids, ro.attention_mask[mb], ro.position_ids[mb])
-            lp = token_logprobs(logits, ids, cfg.temperature)  # (b, T-1)
+            # logits from the last prompt column on (b, T - start, V), like the rollout's forward
+            kw, start = logits_window(policy, ro.prompt_width - 1, ids.shape[1])
+            logits, v = policy_forward(policy, ids, ro.attention_mask[mb], ro.position_ids[mb], **kw)
+            lp = window_logprobs(logits, ids, start, cfg.temperature)  # (b, T-1)
             if reuse_lp:  # the only update: its forward is the sampling policy's
                 old_lp[mb] = lp.detach() * mb_mask
             loss, pm = ppo_policy_loss(lp, old_lp[mb], adv[mb], mb_mask, clip=cfg.cliprange, num_tokens=n_tok)
@@ -263,7 +267,8 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
                 loss = loss + beta * kl_loss
                 pm["kl_loss"] = kl_loss.item()
             with torch.no_grad():
-                entropy = entropy_from_logits(logits[:, :-1], cfg.temperature)  # (b, T-1)
+                entropy = entropy_from_logits(logits[:, :-1], cfg.temperature)  # (b, T-1-start)
+                entropy = F.pad(entropy, (start, 0))  # (b, T-1)
                 pm["entropy"] = masked_mean(entropy, mb_mask).item()
             pm["pg_loss"] = loss.item()
             if critic is not None:

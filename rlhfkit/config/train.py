@@ -22,10 +22,19 @@ class TrainConfig(RunConfig):
     """Tokenizer directory or hub id; defaults to `model`."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the trained weights. Keep float32 on CPU (bf16 makes log-prob ratios noisy)."""
+    """Dtype of the trained weights (and of the optimizer's copy of them). Keep float32 and use
+    `mixed_precision: bf16` for bf16 compute: bf16 weights lose updates smaller than 2^-9 of a
+    weight and make log-prob ratios noisy."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast mode passed to accelerate (GPU runs); 'no' for fp32 everywhere."""
+    """Autocast of the forward passes (accelerate), the weights and optimizer staying in `dtype`:
+    'no' computes in fp32; 'bf16' runs matmuls in bf16 on GPU or CPU, with log-softmax and every
+    loss in fp32. Every forward of a stage shares it (policy, reference, rollout sampling and
+    log-probs, critic), so DPO's step-0 loss is log 2 and PPO's first ratio 1 as in fp32; losses
+    stay within about 1e-2 relative of fp32 over a few steps (tests/test_bf16.py). It pays only on
+    hardware with bf16 arithmetic (GPUs; CPUs with AMX or AVX512-BF16): on a CPU without, bf16 is
+    emulated and slower than fp32 (docs/benchmarks.md). 'fp16' is GPU only (refused on CPU, where
+    accelerate would quietly compute in fp32)."""
 
     data: str
     """Training data: a JSONL/JSON/CSV/Parquet file, a `save_to_disk` directory or a hub dataset id."""

@@ -31,10 +31,11 @@ class TrainConfig(RunConfig):
     'no' computes in fp32; 'bf16' runs matmuls in bf16 on GPU or CPU, with log-softmax and every
     loss in fp32. Every forward of a stage shares it (policy, reference, rollout sampling and
     log-probs, critic), so DPO's step-0 loss is log 2 and PPO's first ratio 1 as in fp32; losses
-    stay within about 1e-2 relative of fp32 over a few steps (tests/test_bf16.py). It pays only on
-    hardware with bf16 arithmetic (GPUs; CPUs with AMX or AVX512-BF16): on a CPU without, bf16 is
-    emulated and slower than fp32 (docs/benchmarks.md). 'fp16' is GPU only (refused on CPU, where
-    accelerate would quietly compute in fp32)."""
+    stay within 3e-3 relative of fp32 over 4 steps on the test model (tests/test_bf16.py). It pays
+    where the hardware has bf16 arithmetic (GPUs; CPUs with AVX512-BF16 or AMX: about 2x on a 20M
+    model on this project's EPYC, nothing on a 0.5M one, docs/benchmarks.md); elsewhere (not measured)
+    the casts may cost more than they save. 'fp16' is GPU only (refused on CPU, where accelerate would
+    quietly compute in fp32)."""
 
     data: str
     """Training data: a JSONL/JSON/CSV/Parquet file, a `save_to_disk` directory or a hub dataset id."""

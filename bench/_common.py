@@ -11,6 +11,9 @@ Every comparison follows one structure:
 * it runs each side in a fresh child process (``--worker SIDE``), alternating A B A B so drift
   in machine load hits both sides alike; every child reports its own throughput, loop time and
   peak RSS (``VmHWM`` of the child's own address space: see `peak_rss_mb`);
+* ``--precision`` sets both sides alike: fp32, or bf16 (fp32 weights and optimizer, bf16-autocast
+  forwards: rlhfkit ``mixed_precision=bf16``, TRL ``bf16=True``); a bf16 result is written to
+  ``<bench>_bf16.json`` next to the fp32 one;
 * medians over rounds, the ratio ours / TRL, the RSS ratio and the MFU go into one JSON line on
   stdout and ``<output>/<bench>.json``.
 
@@ -128,11 +131,18 @@ def read_rows(path: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
+def mixed_precision(a: argparse.Namespace) -> str:
+    """rlhfkit's ``mixed_precision`` for ``--precision``."""
+    return {"fp32": "no", "bf16": "bf16"}[a.precision]
+
+
 def trl_args(a: argparse.Namespace, tmp: Path, lr: float, seed: int) -> dict:
     """TrainingArguments every TRL side shares: the work rlhfkit's side is configured to match
-    (fp32 on CPU, ``a.steps`` steps, no accumulation, AdamW linear without warmup, clip 1.0, no
-    gradient checkpointing -- TRL 1.16 defaults it on --, no eval / saving / logging backend)."""
-    return dict(output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False,
+    (fp32 weights on CPU, bf16 autocast with ``--precision bf16``, ``a.steps`` steps, no
+    accumulation, AdamW linear without warmup, clip 1.0, no gradient checkpointing -- TRL 1.16
+    defaults it on --, no eval / saving / logging backend). transformers accepts bf16 on a CPU
+    only with ``use_cpu``."""
+    return dict(output_dir=str(tmp / "trl"), use_cpu=True, bf16=a.precision == "bf16", fp16=False,
                 model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
                 gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=lr,
                 lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, seed=seed, report_to="none",
@@ -287,14 +297,16 @@ def machine() -> dict:
 
 
 def ab_runs(script: str, args: list[str], sides: list[str], rounds: int, threads: int,
-            metric: str, label: str = "") -> dict[str, list[dict]]:
-    """Alternate ``sides`` (A B C A B C ...) ``rounds`` times, each in a fresh child process."""
+            metric: str, label: str = "", precision: str = "fp32") -> dict[str, list[dict]]:
+    """Alternate ``sides`` (A B C A B C ...) ``rounds`` times, each in a fresh child process
+    (accelerate allows one precision per process, and each side starts cold)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(rounds):
         for side in sides:
-            cmd = [sys.executable, script, *args, "--threads", str(threads), "--worker", side]
+            cmd = [sys.executable, script, *args, "--threads", str(threads), "--precision", precision,
+                   "--worker", side]
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("RESULT ")), None)
             if p.returncode or line is None:
@@ -347,6 +359,8 @@ def common_args(ap: argparse.ArgumentParser, steps: int, rounds: int = 3) -> Non
                     help="optimizer steps per run on the ~20M model (each step is compute-bound there)")
     ap.add_argument("--rounds", type=int, default=rounds, help="A/B rounds; medians over rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides: fp32, or fp32 weights with bf16-autocast forwards")
     ap.add_argument("--models", default="tiny,20m",
                     help="comma list of tiny (the quick world's SFT policy), 20m")
     # Child-process arguments (set by the parent).
@@ -390,7 +404,11 @@ def finish(out: Path, name: str, a: argparse.Namespace, results: dict, setting: 
     """Peak again after the runs (the larger of before/after: a busy moment cannot inflate MFU),
     MFU per side, and the result JSON."""
     top = max(peak_before, peak(a.threads))
+    # MFU is against the fp32 matmul peak at either precision: one yardstick for both (a CPU with
+    # native bf16 arithmetic has a higher bf16 peak, so its bf16 MFU would read high).
     add_mfu(results, top)
-    write_result(out, name, {"setting": {"threads": a.threads, "rounds": a.rounds, "dtype": "float32",
-                                         "device": "cpu", "timer": "training loop only", **setting},
-                             "matmul_peak_gflops": top, "models": results})
+    write_result(out, name if a.precision == "fp32" else f"{name}_{a.precision}",
+                 {"setting": {"threads": a.threads, "rounds": a.rounds, "dtype": "float32",
+                              "precision": a.precision, "device": "cpu", "timer": "training loop only",
+                              **setting},
+                  "matmul_peak_gflops": top, "models": results})

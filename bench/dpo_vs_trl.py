@@ -40,7 +40,7 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
                     max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
                     warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, loss_type="sigmoid",
                     beta=BETA, precompute_ref_logprobs=a.worker == "ours_pre", eval_sample_prompts=0,
-                    eval_every=0, save_every=0, log_every=1, seed=SEED)
+                    eval_every=0, save_every=0, log_every=1, seed=SEED, mixed_precision=C.mixed_precision(a))
     stage.train(cfg)
     return {"loop_s": timer.seconds + sum(ref_pass), "ref_pass_s": sum(ref_pass)}
 

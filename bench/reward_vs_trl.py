@@ -34,7 +34,8 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
     cfg = RewardConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
                        max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
                        warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, normalize="none",
-                       data_format="pairs", eval_every=0, save_every=0, log_every=1, seed=SEED)
+                       data_format="pairs", eval_every=0, save_every=0, log_every=1, seed=SEED,
+                       mixed_precision=C.mixed_precision(a))
     stage.train(cfg)
     return {"loop_s": timer.seconds}
 
@@ -84,7 +85,8 @@ def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], p
         data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
         tokens = pair_tokens(mdir, data)
         args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
-        runs = C.ab_runs(script, args, sides, a.rounds, a.threads, "pairs_per_s", f"{name} {model}")
+        runs = C.ab_runs(script, args, sides, a.rounds, a.threads, "pairs_per_s", f"{name} {model}",
+                         precision=a.precision)
         n = C.matmul_params(mdir, seq_cls=seq_cls)
         fpp = flops_per_token * n * tokens / n_pairs  # training FLOPs per pair
         results[model] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n,

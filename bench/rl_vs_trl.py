@@ -66,6 +66,7 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
         # TRL scores the raw reward; rlhfkit's no-EOS penalty would change the reward, not speed.
         no_eos_penalty=None,
         keep_best=False, save_every=0, eval_prompts=0, log_every=1, seed=SEED, rollout_engine=a.engine,
+        mixed_precision=C.mixed_precision(a),
     )
     stage.train(cfg)
     rows = [json.loads(ln) for ln in (tmp / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -132,7 +133,8 @@ def main() -> None:
         args = ["--model-dir", str(mdir), "--world", str(world), "--steps", str(steps),
                 "--prompts-per-step", str(a.prompts_per_step), "--samples", str(a.samples),
                 "--max-new-tokens", str(a.max_new_tokens), "--engine", a.engine]
-        runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "episodes_per_s", f"rl {name}")
+        runs = C.ab_runs(__file__, args, sides, a.rounds, a.threads, "episodes_per_s", f"rl {name}",
+                         precision=a.precision)
         results[name] = {"model_dir": str(mdir), "steps": steps,
                          "episodes_per_run": steps * a.prompts_per_step * a.samples,
                          **C.summarise(runs, "episodes_per_s", pairs)}

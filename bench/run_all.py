@@ -1,6 +1,7 @@
 """Run every rlhfkit-vs-TRL benchmark in turn (not a test).
 
     python bench/run_all.py [--output runs/bench] [--rounds 3] [--threads 1] [--only sft,reward,dpo,rl]
+        [--precision fp32|bf16]
 
 Each benchmark runs as its own script (``python bench/<name>_vs_trl.py`` runs one alone, with
 more options) and writes ``<output>/<name>_vs_trl.json``; this prints their JSON lines and writes
@@ -43,13 +44,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ", ".join(BENCHES))
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides of every benchmark (summary in all_bf16.json for bf16)")
     a = ap.parse_args()
     summary, t0 = {}, time.time()
     for name in a.only.split(","):
         if name not in BENCHES:
             raise SystemExit(f"--only: unknown benchmark {name!r} ({', '.join(BENCHES)})")
         cmd = [sys.executable, str(HERE / f"{name}_vs_trl.py"), "--output", a.output,
-               "--rounds", str(a.rounds), "--threads", str(a.threads), *BENCHES[name]]
+               "--rounds", str(a.rounds), "--threads", str(a.threads), "--precision", a.precision,
+               *BENCHES[name]]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if p.returncode:
@@ -57,10 +61,10 @@ def main() -> None:
         line = p.stdout.strip().splitlines()[-1]
         print(line, flush=True)
         summary[name] = headline(name, json.loads(line))
-    out = Path(a.output)
-    (out / "all.json").write_text(json.dumps({"seconds": round(time.time() - t0), "rounds": a.rounds,
-                                              "threads": a.threads, "benches": summary}, indent=1) + "\n")
-    print(f"all benchmarks: {time.time() - t0:.0f} s; summary in {out / 'all.json'}", file=sys.stderr)
+    path = Path(a.output) / ("all.json" if a.precision == "fp32" else f"all_{a.precision}.json")
+    path.write_text(json.dumps({"seconds": round(time.time() - t0), "rounds": a.rounds, "threads": a.threads,
+                                "precision": a.precision, "benches": summary}, indent=1) + "\n")
+    print(f"all benchmarks: {time.time() - t0:.0f} s; summary in {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

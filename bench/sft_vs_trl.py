@@ -33,7 +33,8 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
     cfg = SFTConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
                     max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
                     warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, completion_only_loss=True,
-                    packing=False, eval_every=0, save_every=0, log_every=1, seed=SEED)
+                    packing=False, eval_every=0, save_every=0, log_every=1, seed=SEED,
+                    mixed_precision=C.mixed_precision(a))
     stage.train(cfg)
     return {"loop_s": timer.seconds}
 
@@ -79,7 +80,8 @@ def main() -> None:
         tokens = count_tokens(mdir, data)
         args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch),
                 "--tokens", str(tokens)]
-        runs = C.ab_runs(__file__, args, ["ours", "trl"], a.rounds, a.threads, "tokens_per_s", f"sft {name}")
+        runs = C.ab_runs(__file__, args, ["ours", "trl"], a.rounds, a.threads, "tokens_per_s", f"sft {name}",
+                         precision=a.precision)
         n = C.matmul_params(mdir)
         results[name] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n, "tokens_per_run": tokens,
                          **C.summarise(runs, "tokens_per_s", [("ours", "trl")],

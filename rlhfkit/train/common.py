@@ -53,13 +53,26 @@ def make_accelerator(cfg, run_dir: Path):
         except ImportError:
             raise ConfigError(f"trackers: '{name}' needs its package: "
                               f"pip install 'rlhfkit[{name}]'") from None
+    mixed_precision = getattr(cfg, "mixed_precision", "no")
+    cpu = not torch.accelerator.is_available()
+    if cpu and mixed_precision == "fp16":
+        # accelerate would quietly run fp32 (it enables fp16 autocast on GPUs only).
+        raise ConfigError("mixed_precision: 'fp16' needs a GPU (CPU autocast has no useful fp16 path); "
+                          "use 'bf16' or 'no' on CPU")
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another
+        # mixed_precision; a process that runs stages one after another (a pipeline, the tests,
+        # a benchmark comparing precisions) needs the new one. The process group is kept.
+        AcceleratorState._reset_state()
     # step_scheduler_with_optimizer=False: our schedule counts global optimizer steps, so the
     # scheduler must step once per step, not once per process (accelerate's default).
     # cpu=True on machines with no accelerator: only then does accelerate turn a torchrun
     # launch (WORLD_SIZE > 1) into a gloo MULTI_CPU process group instead of N lone processes.
     acc = Accelerator(
-        cpu=not torch.accelerator.is_available(),
-        mixed_precision=getattr(cfg, "mixed_precision", "no"),
+        cpu=cpu,
+        mixed_precision=mixed_precision,
         step_scheduler_with_optimizer=False,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),

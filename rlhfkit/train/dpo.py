@@ -352,7 +352,9 @@ def _sampled_eval(cfg: DPOConfig, acc, net, tok, prompts: list[str], ref_logps,
     sums = {"kl": 0.0, "sample_length": 0.0, **({"gold": 0.0} if gold_fn else {})}
     if mine:
         devices = [acc.device] if acc.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # sampling must not move the training RNG
+        # Sampling must not move the training RNG, and runs under the autocast its log-probs are
+        # scored with (with LoRA, peft's generate bypasses the forward accelerate patched).
+        with torch.random.fork_rng(devices=devices), acc.autocast():
             rows = sample_completions(net, tok, mine, max_new_tokens=cfg.eval_max_new_tokens,
                                       temperature=cfg.eval_temperature, batch_size=cfg.eval_batch_size,
                                       seed=cfg.seed + rank, return_ids=True)

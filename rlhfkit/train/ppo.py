@@ -186,15 +186,18 @@ def _models(cfg: PPOConfig, acc, tok, policy, n_optimizer_steps: int):
 
 
 @torch.no_grad()
-def _ref_logprobs(cfg: PPOConfig, ref, net, ro) -> torch.Tensor:
+def _ref_logprobs(cfg: PPOConfig, acc, ref, net, ro) -> torch.Tensor:
     """(B, T-1) reference log-probs of the rollout's response tokens: the frozen copy, or with LoRA
-    the adapter-off policy (item 23)."""
+    the adapter-off policy (item 23). Under the policy's autocast (the frozen copy is not prepared,
+    so nothing else would apply it): an fp32 reference against a bf16-autocast policy reads their
+    rounding difference as KL (0.0007 nats a sequence before any update on the test model)."""
     args = (ro.input_ids, ro.attention_mask, ro.position_ids, ro.response_mask)
     kw = {"temperature": cfg.temperature, "prompt_width": ro.prompt_width}
     if ref is not None:
-        return forward_logprobs(ref, *args, **kw)
+        with acc.autocast():
+            return forward_logprobs(ref, *args, **kw)
     net.eval()
-    with net.disable_adapter():
+    with net.disable_adapter(), acc.autocast():
         lp = forward_logprobs(net, *args, **kw)
     net.train()
     return lp
@@ -212,9 +215,14 @@ def _engine(cfg: PPOConfig, acc):
 
 def _sample(cfg: PPOConfig, acc, net, tok, prompts: list[str], ids: list[list[int]], num: int,
             logprobs: bool = True, engine=None):
-    ro = generate_rollout(net, tok, prompts, num_samples=num, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs,
-                          engine=engine)
+    # Sampling and the rollout log-probs under the autocast of the training forward (item 12:
+    # first ratio 1). accelerate patches only the forward of the module it prepared: with
+    # `critic: policy_head` that is the wrapper, and `net` inside it would run fp32 (first ratio
+    # 0.998 with mixed_precision bf16 on the test model).
+    with acc.autocast():
+        ro = generate_rollout(net, tok, prompts, num_samples=num, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, prompt_ids=ids, compute_logprobs=logprobs,
+                              engine=engine)
     for f in ("input_ids", "attention_mask", "position_ids", "response_mask", "logprobs"):
         setattr(ro, f, getattr(ro, f).to(acc.device))
     return ro
@@ -257,7 +265,8 @@ def _update(cfg: PPOConfig, acc, run, step: int, policy, optimizer, scheduler, c
             n_tok = global_token_normalizer(acc, mb_mask)
             # logits from the last prompt column on (b, T - start, V), like the rollout's forward
             kw, start = logits_window(policy, ro.prompt_width - 1, ids.shape[1])
-            logits, v = policy_forward(policy, ids, ro.attention_mask[mb], ro.position_ids[mb], **kw)
+            with acc.autocast():  # the rollout's autocast (item 12); the log-softmax below is fp32
+                logits, v = policy_forward(policy, ids, ro.attention_mask[mb], ro.position_ids[mb], **kw)
             lp = window_logprobs(logits, ids, start, cfg.temperature)  # (b, T-1)
             if reuse_lp:  # the only update: its forward is the sampling policy's
                 old_lp[mb] = lp.detach() * mb_mask
@@ -319,10 +328,11 @@ def _reference_texts(cfg: PPOConfig, acc, ref, net, tok, ro, step: int, rows: li
               compute_logprobs=False)
     with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed * 1_000_003 + 104_729 * step + acc.process_index)
-        if ref is not None:
-            return generate_rollout(ref, tok, prompts, **kw).texts
-        with net.disable_adapter():  # LoRA: the reference is the adapter-off policy (item 23)
-            return generate_rollout(net, tok, prompts, **kw).texts
+        with acc.autocast():  # the rollout's precision
+            if ref is not None:
+                return generate_rollout(ref, tok, prompts, **kw).texts
+            with net.disable_adapter():  # LoRA: the reference is the adapter-off policy (item 23)
+                return generate_rollout(net, tok, prompts, **kw).texts
 
 
 def _prompts(cfg: PPOConfig, tok, policy):
@@ -382,7 +392,7 @@ def train(cfg: PPOConfig) -> Path:
         with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed + 1000 + rank)  # the same samples at every evaluation point
             ro = _sample(cfg, acc, net, tok, mine, eval_ids[rank::world], cfg.eval_num_samples, engine=engine)
-        seq_kl = (kl_k1(ro.logprobs, _ref_logprobs(cfg, ref, net, ro)) * ro.token_mask).sum(-1)
+        seq_kl = (kl_k1(ro.logprobs, _ref_logprobs(cfg, acc, ref, net, ro)) * ro.token_mask).sum(-1)
         local = {"eval_proxy": _mean(reward_fn(ro.prompts, ro.texts)), "eval_seq_kl": _mean(seq_kl.tolist())}
         if gold_fn:
             local["eval_gold"] = _mean(gold_fn(ro.prompts, ro.texts))
@@ -403,7 +413,7 @@ def train(cfg: PPOConfig) -> Path:
         proxy, score = score_rollout(ro, reward_fn, no_eos_penalty=cfg.no_eos_penalty,
                                      penalty_mode=cfg.no_eos_penalty_mode)
         score = score.to(acc.device)
-        old_lp, ref_lp = ro.logprobs, _ref_logprobs(cfg, ref, net, ro)
+        old_lp, ref_lp = ro.logprobs, _ref_logprobs(cfg, acc, ref, net, ro)
         kl = kl_k1(old_lp, ref_lp) * mask  # (B, T-1); zeros until the update fills old_lp if reuse_lp
         seq_kl, beta = kl.sum(-1), kl_ctl.value
         gold = [float(g) for g in gold_fn(ro.prompts, ro.texts)] if gold_fn else None

@@ -297,7 +297,9 @@ def _train_one(cfg: RewardConfig) -> Path:
             return run.latest_dir
 
     def save(final: Path) -> None:
-        net = acc.unwrap_model(model)
+        # Without accelerate's autocast wrapper: later stages load the saved model in fp32
+        # (RewardScorer), so the offset/scale are measured as they will be applied.
+        net = acc.unwrap_model(model, keep_fp32_wrapper=False)
         offset, scale = _normalisation(cfg, net, tok, train_rows, mode, acc.device)
         save_hf(net, tok, final, extra_config={REWARD_OFFSET: offset, REWARD_SCALE: scale})
         write_json(run_dir / "summary.json", {

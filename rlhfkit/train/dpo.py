@@ -77,7 +77,7 @@ def train(cfg: DPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     train_ds, eval_ds, n_trunc, data_report, sample_prompts = _data(cfg, tok)
-    collate = PairCollator(tok.pad_token_id, "right")
+    collate = PairCollator(tok.pad_token_id, "right", padding_free=cfg.padding_free)
     model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

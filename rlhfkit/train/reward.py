@@ -65,7 +65,7 @@ from rlhfkit.losses import (bradley_terry_loss, bt_with_ties_loss, ranking_loss,
                             reward_centering_loss)
 from rlhfkit.modeling import (REWARD_OFFSET, REWARD_SCALE, apply_lora, chat_renderer, load_reward_model,
                               load_tokenizer, save_hf)
-from rlhfkit.scoring import raw_rewards, score_encoded
+from rlhfkit.scoring import batch_rewards, raw_rewards, score_encoded
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, micro_batches, prepare_optimisation,
                                   progress, start_run, write_json)
 from rlhfkit.train.data import load_rows, load_split
@@ -190,7 +190,7 @@ def evaluate_pairs(model, batches, device) -> dict:
                 ties += [tied] * len(i)
         else:
             n = r.shape[0] // 2
-            lens = b["response_mask"].sum(-1).cpu()
+            lens = (b["response_len"] if "response_len" in b else b["response_mask"].sum(-1)).cpu()
             rc += r[:n].tolist()
             rr += r[n:].tolist()
             lc += lens[:n].tolist()
@@ -220,7 +220,8 @@ def _train_one(cfg: RewardConfig) -> Path:
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     mode = _mode(cfg)
     train_ds, eval_ds, data_report, train_rows = _load_data(cfg, tok, mode)
-    collate = RankingCollator(tok.pad_token_id) if mode == "ranking" else PairCollator(tok.pad_token_id)
+    collator = RankingCollator if mode == "ranking" else PairCollator
+    collate = collator(tok.pad_token_id, padding_free=cfg.padding_free)
 
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the seeded run
     model = load_reward_model(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
@@ -272,9 +273,7 @@ def _train_one(cfg: RewardConfig) -> Path:
             b = {k: v.to(acc.device) for k, v in b.items()}
             with nullcontext() if j == len(batches) - 1 else acc.no_sync(model):
                 with acc.autocast():
-                    rewards = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    position_ids=b["position_ids"],
-                                    use_cache=False).logits[:, 0].float()  # (2B,) or (N,)
+                    rewards = batch_rewards(model, b)  # (2B,) or (N,)
                 loss, n = _pair_loss(cfg, rewards, b, soft=bool(data_report.get("soft_labels")))
                 acc.backward(loss * n * world / max(step_units, 1.0))
             loss_sum += loss.item() * n

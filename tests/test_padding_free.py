@@ -198,3 +198,78 @@ def test_dpo_padding_free_logps_loss_and_grads_equal_padded(zoo, arch, loss_type
         assert free[1].tolist() == padded[1].tolist()
         torch.testing.assert_close(free[2], padded[2], **TOL)
         _assert_same_grads(padded[3], free[3])
+
+
+# ----------------------------------------------------------------------------- whole stages
+
+
+@pytest.fixture(scope="module")
+def prefs(world, sft_model, tmp_path_factory) -> dict[str, Path]:
+    from rlhfkit.synthetic.preferences import preference_splits
+
+    return preference_splits(sft_model, world, tmp_path_factory.mktemp("pf-prefs"), seed=1)
+
+
+def _curves(run_dir: Path) -> dict[str, list[float]]:
+    """Every logged loss / accuracy / eval value of a run, by key, in step order."""
+    from rlhfkit.train.common import read_metrics
+
+    out: dict[str, list[float]] = {}
+    for row in read_metrics(run_dir):
+        for k, v in row.items():
+            if isinstance(v, float) and (k in ("loss", "accuracy") or k.startswith("eval_")):
+                out.setdefault(k, []).append(v)
+    return out
+
+
+def _same_run(padded: Path, free: Path) -> None:
+    a, b = _curves(padded), _curves(free)
+    assert a.keys() == b.keys() and "loss" in a
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+
+
+def test_sft_stage_padding_free_equals_padded(world, tmp_path):
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import train
+
+    def run(name: str, padding_free: bool) -> Path:
+        train(SFTConfig(model=str(world / "base"), data=str(world / "sft.jsonl"),
+                        eval_data=str(world / "sft_eval.jsonl"), output_dir=str(tmp_path / name),
+                        learning_rate=1e-3, per_device_batch_size=4, gradient_accumulation_steps=2,
+                        max_steps=4, max_length=64, log_every=1, warmup_ratio=0.0, seed=3,
+                        padding_free=padding_free))
+        return tmp_path / name
+
+    _same_run(run("padded", False), run("free", True))
+
+
+def test_reward_stage_padding_free_equals_padded(sft_model, prefs, tmp_path):
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.train.reward import train
+
+    def run(name: str, padding_free: bool) -> Path:
+        train(RewardConfig(model=str(sft_model), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
+                           output_dir=str(tmp_path / name), learning_rate=1e-3, per_device_batch_size=4,
+                           gradient_accumulation_steps=2, max_steps=4, max_length=96, log_every=1,
+                           warmup_ratio=0.0, normalize="none", seed=0, padding_free=padding_free))
+        return tmp_path / name
+
+    _same_run(run("padded", False), run("free", True))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_stage_padding_free_equals_padded(sft_model, prefs, tmp_path, loss_type):
+    """Also the precomputed reference pass, which packs the same way."""
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.train.dpo import train
+
+    def run(name: str, padding_free: bool) -> Path:
+        train(DPOConfig(model=str(sft_model), data=str(prefs["train"]), eval_data=str(prefs["eval"]),
+                        output_dir=str(tmp_path / name), learning_rate=5e-4, per_device_batch_size=4,
+                        gradient_accumulation_steps=2, max_steps=4, max_length=96, log_every=1,
+                        warmup_ratio=0.0, seed=3, eval_sample_prompts=0, loss_type=loss_type,
+                        precompute_ref_logprobs=loss_type == "ipo", padding_free=padding_free))
+        return tmp_path / name
+
+    _same_run(run("padded", False), run("free", True))

@@ -26,6 +26,9 @@ Conventions (RLHF-DETAILS items 8, 10, 25):
   Relying on transformers to derive it from the position ids is not enough: it does so only
   without a KV cache, and some architectures (OPT) never do. The label that crosses a boundary
   (an example's first token, "predicted" by the previous example's last) carries no loss.
+- Padding-free batches (``padding_free`` on the collators; :mod:`rlhfkit.data.padding_free`) use
+  the same layout and mask per micro-batch: its examples bin-packed into rows as wide as the
+  longest, outputs gathered back per example, so they equal the padded batch's.
 """
 
 from __future__ import annotations

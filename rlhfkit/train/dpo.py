@@ -19,7 +19,10 @@ Implementation details (each has a failure mode it prevents):
    reference weights and the dtype; a resumed or repeated run reads the cache instead. Without an
    evaluation that samples, the full-model reference is then freed.
 5. Chosen and rejected go through the model in ONE (2B, T) forward (rows [0, B) chosen, [B, 2B)
-   rejected): half the kernel launches, and both see identical weights and numerics.
+   rejected): half the kernel launches, and both see identical weights and numerics. With
+   ``padding_free`` (the default) the 2B sequences are bin-packed into rows as wide as the longest
+   instead (data/padding_free.py) and their log-probs summed back per sequence, in the same order;
+   the reference pass (live or precomputed) packs the same way.
 6. The loss is summed over the pairs of the whole optimizer step (all micro-batches, all
    processes) and divided by the step's global pair count, with the same deterministic data order
    as SFT, so accumulation == bigger batch, 2 processes x b == 1 x 2b, and resume needs only the

@@ -7,7 +7,9 @@ Implementation details (RLHF-DETAILS items 1-7; each prevents a known failure):
    The score is read at the last non-pad token; PAD != EOS is enforced when loading (item 2).
 2. Pairs: chosen and rejected of B pairs go through ONE (2B, T) forward pass. Loss is
    Bradley-Terry ``-logsigmoid(r_c - r_r - m)`` with the optional Llama-2 margin m taken from a
-   preference-strength column (``use_margin``) (item 1).
+   preference-strength column (``use_margin``) (item 1). With ``padding_free`` (the default) the
+   2B sequences are bin-packed into rows as wide as the longest instead of padded, and each score
+   is read at its sequence's last token (data/padding_free.py); so are a ranking batch's N.
 3. Rankings: the K responses of a prompt are scored once and all C(K,2) untied pairs of that
    prompt form one batch element, each weighted 1/C(K,2) (InstructGPT sec. 3.5: shuffling the
    pairs in as independent examples overfits within an epoch). Prompts are stored once.

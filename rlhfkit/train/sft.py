@@ -22,6 +22,9 @@ Implementation details (each has a failure mode it prevents):
    cache, and OPT never does: examples then attend to each other). The label crossing a boundary
    is masked, so a packed batch's loss equals the unpacked one's (see data/collate.py). Every
    forward passes ``use_cache=False``.
+6b. Without packing, ``padding_free`` (the default) bin-packs each micro-batch's examples into rows
+   as wide as the longest of them, with the same per-example positions and mask
+   (data/padding_free.py): the same examples and token-level loss as padded batches, less compute.
 7. Dropout is off by default (the SFT model becomes the RLHF reference; item 7).
 8. Checkpoints every ``save_every`` steps are atomic (temp dir + rename); ``resume: true``
    restores model, optimizer, scheduler, RNG states and the step, and trims metrics.jsonl to

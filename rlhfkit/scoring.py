@@ -19,7 +19,7 @@ import torch
 from rlhfkit.data.collate import encode_prompt_response, response_batch
 from rlhfkit.data.padding_free import is_padding_free, packed_inputs
 from rlhfkit.errors import ModelError
-from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer
+from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer, reward_head
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ def _packed_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Scores of a padding-free (R, W) batch. A sequence-classification model pools ONE score per
     row, so the head's per-token output (R, W, 1) is caught by a forward hook and read at each
     example's last token (``last_index``, flat row * W + column)."""
-    from rlhfkit.modeling import reward_head
-
     caught: list[torch.Tensor] = []
     head = reward_head(getattr(model, "module", model))
     handle = head.register_forward_hook(lambda _m, _i, out: caught.append(out))

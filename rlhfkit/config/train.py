@@ -170,7 +170,8 @@ class SFTConfig(MicroBatchConfig, TrainConfig):
     per-example position ids and a block-diagonal causal mask, instead of padding them: the same
     examples, loss and normalisation, so the result equals padded training up to float rounding,
     with less compute on mixed lengths. Applies when `packing` is off (packed blocks have no
-    padding to remove). Set false for a model whose attention takes no 4D mask."""
+    padding to remove). All eight families of the conformance matrix take the 4D mask (flash
+    attention reads the boundaries from the positions instead); set false for a model that does not."""
 
     truncation_side: Literal["left", "right"] = "right"
     """Which end of an over-long sequence is cut: 'right' drops the completion's tail, 'left'
@@ -194,8 +195,9 @@ class PairTrainConfig(MicroBatchConfig, TrainConfig):
     into rows as wide as the longest of them, with per-example position ids and a block-diagonal
     causal mask, instead of padding them; scores and summed log-probs are gathered back per
     sequence. The micro-batches, losses and normalisation are unchanged, so the result equals
-    padded training up to float rounding, with less compute on mixed lengths. Set false for a
-    model whose attention takes no 4D mask (or, for a reward model, whose head is not per token)."""
+    padded training up to float rounding, with less compute on mixed lengths. All eight families
+    of the conformance matrix take the 4D mask; set false for a model that does not (a reward
+    model whose head gives no per-token scores stops with an error naming this key)."""
 
 
 class RewardConfig(PairTrainConfig):

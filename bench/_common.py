@@ -368,6 +368,43 @@ def common_args(ap: argparse.ArgumentParser, steps: int, rounds: int = 3) -> Non
         ap.add_argument(hidden, help=argparse.SUPPRESS)
 
 
+def padding_free_arg(ap: argparse.ArgumentParser, trl_side: str) -> None:
+    """``--padding-free``: rlhfkit's side with ``padding_free`` on (bin-packed micro-batches, see
+    rlhfkit/data/padding_free.py); ``trl_side`` says what TRL's side does then."""
+    ap.add_argument("--padding-free", action="store_true",
+                    help=f"rlhfkit with padding_free on (off by default here); TRL: {trl_side}")
+
+
+def padding_free_args(a: argparse.Namespace) -> list[str]:
+    """The flag again for the child processes, and the result name's suffix."""
+    return ["--padding-free"] if a.padding_free else []
+
+
+def bench_name(name: str, a: argparse.Namespace) -> str:
+    """``<name>_vs_trl``, or ``<name>_vs_trl_padding_free`` so the two settings do not overwrite."""
+    return f"{name}_vs_trl" + ("_padding_free" if a.padding_free else "")
+
+
+def pad_shares(lengths: list[list[int]], batch: int, steps: int, seed: int) -> dict[str, float]:
+    """Share of the positions computed that are padding, over rlhfkit's micro-batches of ``batch``
+    examples in its seeded order (``lengths[i]``: the sequence lengths of example i -- one for SFT,
+    chosen and rejected for a pair): padded (every sequence as long as the micro-batch's longest)
+    and padding-free (``first_fit_decreasing`` rows of that width)."""
+    from rlhfkit.data.padding_free import first_fit_decreasing
+    from rlhfkit.train.common import batch_indices
+
+    real = padded = packed = 0
+    for step in range(steps):
+        lens = [n for i in batch_indices(step, n_examples=len(lengths), global_batch=batch, seed=seed)
+                for n in lengths[i]]
+        width = max(lens)
+        real += sum(lens)
+        padded += len(lens) * width
+        packed += len(first_fit_decreasing(lens, width)) * width
+    return {"pad_share_padded": round(1 - real / padded, 3),
+            "pad_share_padding_free": round(1 - real / packed, 3)}
+
+
 def fixtures(out: Path, models: str) -> tuple[Path, Path, dict[str, Path]]:
     world, sft = prepare_world(out)
     dirs = {}

@@ -1,7 +1,7 @@
 """DPO training throughput: rlhfkit ``rlhf dpo`` vs TRL's ``DPOTrainer`` (pairs/s; not a test).
 
     python bench/dpo_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--batch 8]
-        [--models tiny,20m] [--threads 1]
+        [--models tiny,20m] [--threads 1] [--padding-free]
 
 Three sides, alternated in fresh processes: ``ours`` (frozen reference scored live every step,
 like TRL), ``ours_pre`` (``precompute_ref_logprobs``: one reference pass over the pairs before
@@ -13,9 +13,13 @@ Identical work: the same model directory (quick-world SFT policy; random ~20M-pa
 the world's tokenizer) as policy and reference, the same ``steps x batch`` preference pairs
 trained once each, sigmoid loss with beta 0.1, no label smoothing, max length 128 (nothing cut),
 AdamW lr 1e-5 linear, no warmup, grad clip 1.0, fp32 on CPU, same threads, no
-gradient checkpointing (TRL's default is on: turned off), no padding-free batching, no
-evaluation and no sampled-KL evaluation, no saving, no logging backend. MFU counts the policy's
-forward + backward (6N per token) and the reference forward (2N per token): 8 x N x tokens.
+gradient checkpointing (TRL's default is on: turned off), no evaluation and no sampled-KL
+evaluation, no saving, no logging backend. MFU counts the policy's forward + backward (6N per
+token) and the reference forward (2N per token): 8 x N x tokens.
+
+Padded batches on both sides by default. ``--padding-free``: rlhfkit's ``padding_free`` on both
+``ours`` sides (the precompute pass included); TRL 1.16's ``DPOTrainer`` switches its own
+``padding_free`` off ("temporarily unavailable after a refactor"), so its side stays padded.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
     cfg = DPOConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
                     max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
                     warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, loss_type="sigmoid",
-                    beta=BETA, precompute_ref_logprobs=a.worker == "ours_pre", eval_sample_prompts=0,
-                    eval_every=0, save_every=0, log_every=1, seed=SEED, mixed_precision=C.mixed_precision(a))
+                    beta=BETA, precompute_ref_logprobs=a.worker == "ours_pre", padding_free=a.padding_free,
+                    eval_sample_prompts=0, eval_every=0, save_every=0, log_every=1, seed=SEED,
+                    mixed_precision=C.mixed_precision(a))
     stage.train(cfg)
     return {"loop_s": timer.seconds + sum(ref_pass), "ref_pass_s": sum(ref_pass)}
 
@@ -66,7 +71,8 @@ def main() -> None:
     # Policy forward + backward (6N per token) and the reference forward (2N per token).
     pair_bench(__file__, "dpo", run_ours, run_trl, sides=["ours", "ours_pre", "trl"],
                pairs=[("ours", "trl"), ("ours_pre", "trl")], flops_per_token=8, seq_cls=False,
-               setting={"beta": BETA, "timer": "training loop only (+ the precompute pass for ours_pre)"})
+               setting={"beta": BETA, "timer": "training loop only (+ the precompute pass for ours_pre)"},
+               trl_padding_free="padded (DPOTrainer 1.16 disables its padding_free)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Reward-model training throughput: rlhfkit ``rlhf reward`` vs TRL's ``RewardTrainer`` (pairs/s; not a test).
 
     python bench/reward_vs_trl.py [--output runs/bench] [--steps 20] [--rounds 3] [--batch 8]
-        [--models tiny,20m] [--threads 1]
+        [--models tiny,20m] [--threads 1] [--padding-free]
 
 Identical work on both sides: the same causal-LM directory turned into a 1-output sequence
 classifier (the quick world's SFT policy, and a random ~20M-param Llama with the world's
@@ -10,7 +10,10 @@ SFT row's completion, rejected = another row's) trained once each, Bradley-Terry
 margin and no reward centering, max length 128 (no pair is cut), AdamW lr 1e-5 linear, no warmup,
 grad clip 1.0, fp32 on CPU, same threads, no gradient checkpointing (TRL's default is on: turned
 off), no evaluation, no saving, no logging backend; rlhfkit's post-training reward normalisation
-pass is off (``normalize=none``; it runs after the loop anyway). pairs/s = pairs / loop seconds;
+pass is off (``normalize=none``; it runs after the loop anyway), no padding-free batching unless
+``--padding-free`` (then rlhfkit's ``padding_free``: each micro-batch's 2B sequences bin-packed into
+rows as wide as the longest; TRL 1.16's ``RewardTrainer`` has no padding-free mode, so its side
+stays padded). pairs/s = pairs / loop seconds;
 MFU = 6 x N x (tokens of chosen + rejected sequences)/s / measured matmul peak.
 """
 
@@ -34,8 +37,8 @@ def run_ours(a: argparse.Namespace, tmp: Path) -> dict:
     cfg = RewardConfig(model=a.model_dir, data=a.data, eval_fraction=0.0, output_dir=str(tmp / "ours"),
                        max_length=MAX_LEN, per_device_batch_size=a.batch, max_steps=a.steps, learning_rate=LR,
                        warmup_ratio=0.0, lr_scheduler="linear", max_grad_norm=1.0, normalize="none",
-                       data_format="pairs", eval_every=0, save_every=0, log_every=1, seed=SEED,
-                       mixed_precision=C.mixed_precision(a))
+                       data_format="pairs", padding_free=a.padding_free, eval_every=0, save_every=0,
+                       log_every=1, seed=SEED, mixed_precision=C.mixed_precision(a))
     stage.train(cfg)
     return {"loop_s": timer.seconds}
 
@@ -55,24 +58,25 @@ def run_trl(a: argparse.Namespace, tmp: Path) -> dict:
     return {"loop_s": out.metrics["train_runtime"]}
 
 
-def pair_tokens(model_dir: Path, data: Path) -> int:
-    """Non-pad tokens of all chosen and rejected sequences (prompt counted in both)."""
+def pair_lengths(model_dir: Path, data: Path) -> list[list[int]]:
+    """[chosen, rejected] sequence lengths of each pair (the prompt counted in both)."""
     from rlhfkit.data.collate import tokenize_pairs
     from rlhfkit.modeling import load_tokenizer
 
     ds, _ = tokenize_pairs(C.read_rows(data), load_tokenizer(str(model_dir)), max_length=MAX_LEN)
-    return sum(2 * len(p) + len(c) + len(r)
-               for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+    return [[len(p) + len(c), len(p) + len(r)]
+            for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
 
 
 def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], pairs: list[tuple[str, str]],
-               flops_per_token: int, seq_cls: bool, setting: dict) -> None:
+               flops_per_token: int, seq_cls: bool, setting: dict, trl_padding_free: str) -> None:
     """The whole preference-pair benchmark (reward here, DPO in dpo_vs_trl.py): arguments, the
     child side, and in the parent per model the same ``steps x batch`` pairs for every side, A/B
     runs, ratios and MFU (``flops_per_token`` x N x tokens per run, N from ``matmul_params``)."""
     ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     C.common_args(ap, steps=20)
     ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
+    C.padding_free_arg(ap, trl_padding_free)
     a = ap.parse_args()
     if a.worker:
         return C.serve_worker(a, run_ours, run_trl, "pairs_per_s", a.steps * a.batch)
@@ -83,23 +87,27 @@ def pair_bench(script: str, name: str, run_ours, run_trl, *, sides: list[str], p
         steps = C.model_steps(a, model)
         n_pairs = steps * a.batch
         data = C.subset(C.make_pairs(world, out), n_pairs, out / f"pairs_{n_pairs}.jsonl")
-        tokens = pair_tokens(mdir, data)
-        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch)]
+        lengths = pair_lengths(mdir, data)
+        tokens = sum(map(sum, lengths))
+        args = ["--model-dir", str(mdir), "--data", str(data), "--steps", str(steps), "--batch", str(a.batch),
+                *C.padding_free_args(a)]
         runs = C.ab_runs(script, args, sides, a.rounds, a.threads, "pairs_per_s", f"{name} {model}",
                          precision=a.precision)
         n = C.matmul_params(mdir, seq_cls=seq_cls)
         fpp = flops_per_token * n * tokens / n_pairs  # training FLOPs per pair
         results[model] = {"model_dir": str(mdir), "steps": steps, "matmul_params": n,
-                          "tokens_per_run": tokens,
+                          "tokens_per_run": tokens, **C.pad_shares(lengths, a.batch, steps, SEED),
                           **C.summarise(runs, "pairs_per_s", pairs, dict.fromkeys(sides, fpp))}
-    C.finish(out, f"{name}_vs_trl", a, results, {"batch": a.batch, "max_length": MAX_LEN, "unit": "pairs/s",
-                                                 **setting}, peak)
+    setting = {"batch": a.batch, "max_length": MAX_LEN, "unit": "pairs/s", "padding_free": a.padding_free,
+               **setting}
+    C.finish(out, C.bench_name(name, a), a, results, setting, peak)
 
 
 def main() -> None:
     # Bradley-Terry training: forward + backward of the scorer, 6N per token.
     pair_bench(__file__, "reward", run_ours, run_trl, sides=["ours", "trl"], pairs=[("ours", "trl")],
-               flops_per_token=6, seq_cls=True, setting={})
+               flops_per_token=6, seq_cls=True, setting={},
+               trl_padding_free="padded (RewardTrainer has none)")
 
 
 if __name__ == "__main__":

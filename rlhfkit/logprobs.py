@@ -22,6 +22,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.data.padding_free import is_padding_free, num_examples, packed_inputs, segment_sum
+
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(B, T, V) logits, (B, T) ids -> (B, T-1) log p(input_ids[:, t+1] | prefix), in fp32."""
@@ -38,13 +40,31 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: flo
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``position_ids`` and a (B, T) mask of
     the tokens to score. Returns ``(logps (B,), n_tokens (B,))``. Positions come from the
-    attention mask, so left- and right-padded batches give the same numbers.
+    attention mask, so left- and right-padded batches give the same numbers. A padding-free
+    batch (:mod:`rlhfkit.data.padding_free`) gives the same (N,) numbers, in its examples' order.
     """
+    if is_padding_free(batch):
+        return _packed_sequence_logprobs(model, batch, temperature, mask_key)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
     lp = token_logprobs(out.logits, batch["input_ids"], temperature)  # (B, T-1)
     mask = batch[mask_key][:, 1:].to(lp.dtype)  # (B, T-1)
     return (lp * mask).sum(-1), mask.sum(-1)
+
+
+def _packed_sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float,
+                              mask_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logprobs` of a padding-free (R, W) batch: per-token log-probs scatter-summed by
+    example (``segment_ids``) into (N,) sums and counts."""
+    out = model(**packed_inputs(model, batch), use_cache=False)
+    lp = token_logprobs(out.logits, batch["input_ids"], temperature)  # (R, W-1)
+    # Target t+1 at position 0 starts the next example: the logit before it belongs to the
+    # previous example, so it is never scored (in a padded row it would be column 0, never a target).
+    starts = batch["position_ids"][:, 1:] == 0  # (R, W-1)
+    mask = batch[mask_key][:, 1:].masked_fill(starts, 0).to(lp.dtype)  # (R, W-1)
+    seg = batch["segment_ids"][:, 1:]  # (R, W-1)
+    n = num_examples(batch)
+    return segment_sum(lp * mask, seg, n), segment_sum(mask, seg, n)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

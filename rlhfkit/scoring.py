@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from rlhfkit.data.collate import encode_prompt_response, response_batch
-from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer
+from rlhfkit.data.padding_free import is_padding_free, packed_inputs
+from rlhfkit.errors import ModelError
+from rlhfkit.modeling import REWARD_OFFSET, REWARD_SCALE, load_reward_model, load_tokenizer, reward_head
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,37 @@ def ensemble_members(model_dir: str | Path) -> list[Path]:
 
 @torch.no_grad()
 def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B,) un-normalised scores; the model pools at the last non-pad token of each row."""
+    """(B,) un-normalised scores, without gradients (see `batch_rewards`)."""
+    return batch_rewards(model, batch)
+
+
+def batch_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) un-normalised fp32 scores of a padded batch (the model pools at the last non-pad token
+    of each row), or (N,) of a padding-free one (read at each example's last token)."""
+    if is_padding_free(batch):
+        return _packed_rewards(model, batch)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
     return out.logits[:, 0].float()
+
+
+def _packed_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scores of a padding-free (R, W) batch. A sequence-classification model pools ONE score per
+    row, so the head's per-token output (R, W, 1) is caught by a forward hook and read at each
+    example's last token (``last_index``, flat row * W + column)."""
+    caught: list[torch.Tensor] = []
+    head = reward_head(getattr(model, "module", model))
+    handle = head.register_forward_hook(lambda _m, _i, out: caught.append(out))
+    try:
+        model(**packed_inputs(model, batch), use_cache=False)
+    finally:
+        handle.remove()
+    rows, width = batch["input_ids"].shape
+    if len(caught) != 1 or tuple(caught[0].shape) != (rows, width, 1):
+        raise ModelError(f"padding_free: cannot read per-token scores of {type(model).__name__} (its head "
+                         f"gave {[tuple(c.shape) for c in caught]}, expected one {(rows, width, 1)}); "
+                         "set padding_free: false")
+    return caught[0].reshape(-1)[batch["last_index"]].float()  # (N,)
 
 
 def score_encoded(model, pairs: list[tuple[list[int], list[int]]], pad_token_id: int, *, batch_size: int,

@@ -185,6 +185,43 @@ def test_packed_sft_loss_equals_unpacked(zoo, arch, template):
     assert nll_p.item() == pytest.approx(nll_u.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_padding_free_batches_equal_padded(zoo, arch):
+    """Every family takes the padding-free layout (bin-packed rows, 4D block-diagonal mask; the
+    defaults of `rlhf sft / reward / dpo`): SFT NLL, DPO sequence log-probs, and reward scores read
+    at each sequence's last token (also with LoRA on the reward model) equal the padded batch's.
+    The template does not matter here (one per architecture); tests/test_padding_free.py compares
+    gradients."""
+    from rlhfkit.data.collate import PairCollator, SFTCollator, take, tokenize_pairs, tokenize_sft
+    from rlhfkit.logprobs import sequence_logprobs
+    from rlhfkit.modeling import apply_lora
+    from rlhfkit.scoring import raw_rewards
+    from rlhfkit.train.sft import batch_nll
+
+    tok, model = _load(zoo, arch, "chatml")
+    model.eval()
+    ds, _ = tokenize_sft(_rows(tok, "sft") + [{"prompt": "hi", "completion": "plain text, no template"}], tok,
+                         max_length=CONTEXT)
+    ex = take(ds, list(range(len(ds))))
+    prompts = [r["prompt"] for r in _rows(tok, "prompt")]
+    rows = [{"prompt": p, "chosen": "a fine answer, a few more words.", "rejected": "bad"} for p in prompts]
+    pairs, _ = tokenize_pairs(rows, tok, max_length=CONTEXT)
+    pairs = take(pairs, list(range(len(pairs))))
+    padded, free = PairCollator(tok.pad_token_id), PairCollator(tok.pad_token_id, padding_free=True)
+    with torch.no_grad():
+        nll_p, n_p = batch_nll(model, SFTCollator(tok.pad_token_id)(ex))
+        nll_f, n_f = batch_nll(model, SFTCollator(tok.pad_token_id, padding_free=True)(ex))
+        assert int(n_f) == int(n_p) and nll_f.item() == pytest.approx(nll_p.item(), rel=1e-5)
+        for want, got in zip(sequence_logprobs(model, padded(pairs)), sequence_logprobs(model, free(pairs))):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+    _, rm = _load(zoo, arch, "chatml", reward=True)
+    for net in (rm, apply_lora(rm, r=4, alpha=8, dropout=0.0, target_modules="all-linear")):
+        net.eval()
+        torch.testing.assert_close(raw_rewards(net, free(pairs)), raw_rewards(net, padded(pairs)),
+                                   rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch,template", CELLS)
 def test_reward_score_ignores_padding_side_and_lora_trains_and_saves(zoo, arch, template, tmp_path):
     """A reward model reads the same score from left- and right-padded batches; LoRA on it uses the

@@ -175,6 +175,14 @@ class SFTConfig(MicroBatchConfig, TrainConfig):
     """Concatenate examples into full `max_length` blocks (no padding waste). Attention is
     restricted to each example by resetting position ids and a block-diagonal mask."""
 
+    padding_free: bool = True
+    """Bin-pack each micro-batch's examples into rows as wide as the longest of them, with
+    per-example position ids and a block-diagonal causal mask, instead of padding them: the same
+    examples, loss and normalisation, so the result equals padded training up to float rounding,
+    with less compute on mixed lengths. Applies when `packing` is off (packed blocks have no
+    padding to remove). All eight families of the conformance matrix take the 4D mask (flash
+    attention reads the boundaries from the positions instead); set false for a model that does not."""
+
     truncation_side: Literal["left", "right"] = "right"
     """Which end of an over-long sequence is cut: 'right' drops the completion's tail, 'left'
     drops the prompt's beginning (keeping the completion)."""
@@ -191,6 +199,15 @@ class PairTrainConfig(MicroBatchConfig, TrainConfig):
 
     max_prompt_length: int | None = Field(None, gt=0)
     """Prompt tokens kept when a pair is too long (the prompt's end is kept); default max_length/2."""
+
+    padding_free: bool = True
+    """Bin-pack each micro-batch's sequences (chosen and rejected, or a prompt's ranked responses)
+    into rows as wide as the longest of them, with per-example position ids and a block-diagonal
+    causal mask, instead of padding them; scores and summed log-probs are gathered back per
+    sequence. The micro-batches, losses and normalisation are unchanged, so the result equals
+    padded training up to float rounding, with less compute on mixed lengths. All eight families
+    of the conformance matrix take the 4D mask; set false for a model that does not (a reward
+    model whose head gives no per-token scores stops with an error naming this key)."""
 
 
 class RewardConfig(PairTrainConfig):

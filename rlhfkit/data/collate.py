@@ -26,6 +26,9 @@ Conventions (RLHF-DETAILS items 8, 10, 25):
   Relying on transformers to derive it from the position ids is not enough: it does so only
   without a KV cache, and some architectures (OPT) never do. The label that crosses a boundary
   (an example's first token, "predicted" by the previous example's last) carries no loss.
+- Padding-free batches (``padding_free`` on the collators; :mod:`rlhfkit.data.padding_free`) use
+  the same layout and mask per micro-batch: its examples bin-packed into rows as wide as the
+  longest, outputs gathered back per example, so they equal the padded batch's.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Literal
 
 import torch
 
+from rlhfkit.data.padding_free import pack_sequences, packed_causal_mask  # noqa: F401 (re-exported)
 from rlhfkit.losses import IGNORE_INDEX
 
 
@@ -119,19 +123,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0) * mask
 
 
-def packed_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) per-example positions of packed rows -> (B, 1, T, T) additive attention mask:
-    0 where query t may see key s (same example, s <= t), the dtype's minimum elsewhere. A new
-    example starts wherever the position is 0. Every row sees at least itself (padding forms its
-    own segment), so no softmax row is empty."""
-    seg = (position_ids == 0).long().cumsum(-1)  # (B, T) example index of each token
-    t = position_ids.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()  # (T, T)
-    allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & causal  # (B, T, T)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-
-
 def pad(seqs: list[list[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
     """Pad lists of ints to one (B, T_max) long tensor on the given side."""
     t_max = max(len(s) for s in seqs)
@@ -153,14 +144,27 @@ class SFTCollator:
     Output: ``input_ids`` (B, T), ``labels`` (B, T) with IGNORE_INDEX on prompt (when
     ``completion_only``) and padding, ``position_ids`` (B, T), and ``attention_mask`` (B, T)
     except for packed batches, which carry per-example position ids instead (see module doc).
+    ``padding_free``: unpacked examples are bin-packed into rows as wide as the longest of them
+    (:mod:`rlhfkit.data.padding_free`; ``padding_side`` then does not apply), with the packed
+    layout and no attention mask; pre-packed examples (``pack``) already have no padding.
     """
 
     pad_token_id: int
     padding_side: Literal["left", "right"] = "right"
     completion_only: bool = True
+    padding_free: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         ids = [e["input_ids"] for e in examples]
+        if self.padding_free and "position_ids" not in examples[0]:
+            loss = [e["completion_mask"] if self.completion_only else [1] * len(e["input_ids"])
+                    for e in examples]
+            b = pack_sequences(ids, self.pad_token_id, {"loss_mask": loss})
+            # An example's first token would be "predicted" by the previous example's last one,
+            # which it never attends to: no loss there, as in a padded row (whose first label
+            # is never a target).
+            no_loss = (b.pop("loss_mask") == 0) | (b["position_ids"] == 0)  # (R, W)
+            return {**b, "labels": b["input_ids"].masked_fill(no_loss, IGNORE_INDEX)}
         input_ids = pad(ids, self.pad_token_id, self.padding_side)
         attn = pad([[1] * len(s) for s in ids], 0, self.padding_side)
         if self.completion_only:
@@ -326,10 +330,15 @@ class PairCollator:
 
     Output: ``input_ids``, ``attention_mask``, ``position_ids`` (2B, T); ``response_mask``
     (2B, T) 1 on response tokens (incl. EOS); ``margin``, ``tie`` and ``confidence`` (B,).
+    ``padding_free``: the 2B sequences are bin-packed instead (:func:`pack_sequences`: (R, W)
+    rows, no attention mask, ``segment_ids`` numbering them in the order above, so a pair's
+    chosen and rejected may share a row or not and are gathered back by index), plus
+    ``response_len`` (2B,).
     """
 
     pad_token_id: int
     padding_side: Literal["left", "right"] = "right"
+    padding_free: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         seqs, masks = [], []
@@ -337,14 +346,19 @@ class PairCollator:
             for e in examples:
                 seqs.append(e["prompt_ids"] + e[key])
                 masks.append([0] * len(e["prompt_ids"]) + [1] * len(e[key]))
+        labels = {
+            "margin": torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
+            "tie": torch.tensor([bool(e.get("tie", False)) for e in examples]),
+            "confidence": torch.tensor([float(e.get("confidence", 1.0)) for e in examples]),
+        }
+        if self.padding_free:
+            return {**pack_sequences(seqs, self.pad_token_id, {"response_mask": masks}),
+                    "response_len": torch.tensor([sum(m) for m in masks]), **labels}
         input_ids = pad(seqs, self.pad_token_id, self.padding_side)
         attn = pad([[1] * len(s) for s in seqs], 0, self.padding_side)
         return {
             "input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn),
-            "response_mask": pad(masks, 0, self.padding_side),
-            "margin": torch.tensor([float(e.get("margin", 0.0)) for e in examples]),
-            "tie": torch.tensor([bool(e.get("tie", False)) for e in examples]),
-            "confidence": torch.tensor([float(e.get("confidence", 1.0)) for e in examples]),
+            "response_mask": pad(masks, 0, self.padding_side), **labels,
         }
 
 
@@ -383,17 +397,23 @@ def tokenize_rankings(rows: list[dict], tokenizer, *, max_length: int, max_promp
 class RankingCollator:
     """Batch prompts with K_g ranked responses each as one flat (N, T) tensor, N = sum of K_g,
     plus the pair index tensors of `rlhfkit.losses.ranking_batch` (better, worse, pair_weight,
-    group, group_ids, num_prompts)."""
+    group, group_ids, num_prompts). ``padding_free``: the N sequences are bin-packed instead
+    (:func:`pack_sequences`); a prompt's K responses stay in its micro-batch and the pair indices
+    still number them 0..N-1 (``segment_ids``)."""
 
     pad_token_id: int
     padding_side: Literal["left", "right"] = "right"
     weighting: Literal["k_choose_2", "untied"] = "k_choose_2"
+    padding_free: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from rlhfkit.losses import ranking_batch
 
         seqs = [e["prompt_ids"] + r for e in examples for r in e["response_ids"]]
         resp_len = [len(r) for e in examples for r in e["response_ids"]]
+        if self.padding_free:
+            return {**pack_sequences(seqs, self.pad_token_id), "response_len": torch.tensor(resp_len),
+                    **ranking_batch([e["ranks"] for e in examples], weighting=self.weighting)}
         input_ids = pad(seqs, self.pad_token_id, self.padding_side)
         attn = pad([[1] * len(s) for s in seqs], 0, self.padding_side)
         return {"input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids_from_mask(attn),

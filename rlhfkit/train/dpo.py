@@ -19,7 +19,10 @@ Implementation details (each has a failure mode it prevents):
    reference weights and the dtype; a resumed or repeated run reads the cache instead. Without an
    evaluation that samples, the full-model reference is then freed.
 5. Chosen and rejected go through the model in ONE (2B, T) forward (rows [0, B) chosen, [B, 2B)
-   rejected): half the kernel launches, and both see identical weights and numerics.
+   rejected): half the kernel launches, and both see identical weights and numerics. With
+   ``padding_free`` (the default) the 2B sequences are bin-packed into rows as wide as the longest
+   instead (data/padding_free.py) and their log-probs summed back per sequence, in the same order;
+   the reference pass (live or precomputed) packs the same way.
 6. The loss is summed over the pairs of the whole optimizer step (all micro-batches, all
    processes) and divided by the step's global pair count, with the same deterministic data order
    as SFT, so accumulation == bigger batch, 2 processes x b == 1 x 2b, and resume needs only the
@@ -77,7 +80,7 @@ def train(cfg: DPOConfig) -> Path:
     acc, run_dir = start_run(cfg)
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     train_ds, eval_ds, n_trunc, data_report, sample_prompts = _data(cfg, tok)
-    collate = PairCollator(tok.pad_token_id, "right")
+    collate = PairCollator(tok.pad_token_id, "right", padding_free=cfg.padding_free)
     model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
     if cfg.lora_r:
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

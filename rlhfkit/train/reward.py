@@ -7,7 +7,9 @@ Implementation details (RLHF-DETAILS items 1-7; each prevents a known failure):
    The score is read at the last non-pad token; PAD != EOS is enforced when loading (item 2).
 2. Pairs: chosen and rejected of B pairs go through ONE (2B, T) forward pass. Loss is
    Bradley-Terry ``-logsigmoid(r_c - r_r - m)`` with the optional Llama-2 margin m taken from a
-   preference-strength column (``use_margin``) (item 1).
+   preference-strength column (``use_margin``) (item 1). With ``padding_free`` (the default) the
+   2B sequences are bin-packed into rows as wide as the longest instead of padded, and each score
+   is read at its sequence's last token (data/padding_free.py); so are a ranking batch's N.
 3. Rankings: the K responses of a prompt are scored once and all C(K,2) untied pairs of that
    prompt form one batch element, each weighted 1/C(K,2) (InstructGPT sec. 3.5: shuffling the
    pairs in as independent examples overfits within an epoch). Prompts are stored once.
@@ -65,7 +67,7 @@ from rlhfkit.losses import (bradley_terry_loss, bt_with_ties_loss, ranking_loss,
                             reward_centering_loss)
 from rlhfkit.modeling import (REWARD_OFFSET, REWARD_SCALE, apply_lora, chat_renderer, load_reward_model,
                               load_tokenizer, save_hf)
-from rlhfkit.scoring import raw_rewards, score_encoded
+from rlhfkit.scoring import batch_rewards, raw_rewards, score_encoded
 from rlhfkit.train.common import (RunState, batch_indices, clip_and_step, micro_batches, prepare_optimisation,
                                   progress, start_run, write_json)
 from rlhfkit.train.data import load_rows, load_split
@@ -190,7 +192,7 @@ def evaluate_pairs(model, batches, device) -> dict:
                 ties += [tied] * len(i)
         else:
             n = r.shape[0] // 2
-            lens = b["response_mask"].sum(-1).cpu()
+            lens = (b["response_len"] if "response_len" in b else b["response_mask"].sum(-1)).cpu()
             rc += r[:n].tolist()
             rr += r[n:].tolist()
             lc += lens[:n].tolist()
@@ -220,7 +222,8 @@ def _train_one(cfg: RewardConfig) -> Path:
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     mode = _mode(cfg)
     train_ds, eval_ds, data_report, train_rows = _load_data(cfg, tok, mode)
-    collate = RankingCollator(tok.pad_token_id) if mode == "ranking" else PairCollator(tok.pad_token_id)
+    collator = RankingCollator if mode == "ranking" else PairCollator
+    collate = collator(tok.pad_token_id, padding_free=cfg.padding_free)
 
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the seeded run
     model = load_reward_model(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
@@ -272,9 +275,7 @@ def _train_one(cfg: RewardConfig) -> Path:
             b = {k: v.to(acc.device) for k, v in b.items()}
             with nullcontext() if j == len(batches) - 1 else acc.no_sync(model):
                 with acc.autocast():
-                    rewards = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    position_ids=b["position_ids"],
-                                    use_cache=False).logits[:, 0].float()  # (2B,) or (N,)
+                    rewards = batch_rewards(model, b)  # (2B,) or (N,)
                 loss, n = _pair_loss(cfg, rewards, b, soft=bool(data_report.get("soft_labels")))
                 acc.backward(loss * n * world / max(step_units, 1.0))
             loss_sum += loss.item() * n

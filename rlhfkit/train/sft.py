@@ -22,6 +22,9 @@ Implementation details (each has a failure mode it prevents):
    cache, and OPT never does: examples then attend to each other). The label crossing a boundary
    is masked, so a packed batch's loss equals the unpacked one's (see data/collate.py). Every
    forward passes ``use_cache=False``.
+6b. Without packing, ``padding_free`` (the default) bin-packs each micro-batch's examples into rows
+   as wide as the longest of them, with the same per-example positions and mask
+   (data/padding_free.py): the same examples and token-level loss as padded batches, less compute.
 7. Dropout is off by default (the SFT model becomes the RLHF reference; item 7).
 8. Checkpoints every ``save_every`` steps are atomic (temp dir + rename); ``resume: true``
    restores model, optimizer, scheduler, RNG states and the step, and trims metrics.jsonl to
@@ -41,7 +44,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.data.collate import SFTCollator, pack, packed_causal_mask, take, tokenize_sft
+from rlhfkit.data.collate import SFTCollator, pack, take, tokenize_sft
+from rlhfkit.data.padding_free import packed_inputs
 from rlhfkit.distributed import sum_across
 from rlhfkit.losses import IGNORE_INDEX, token_nll
 from rlhfkit.modeling import apply_lora, chat_renderer, load_causal_lm, load_tokenizer, save_hf
@@ -63,7 +67,8 @@ def train(cfg: SFTConfig) -> Path:
                            truncation_side=cfg.truncation_side)[0] if eval_rows else None
     if cfg.packing:
         train_ds = pack(train_ds, cfg.max_length)
-    collate = SFTCollator(tok.pad_token_id, "right", completion_only=cfg.completion_only_loss)
+    collate = SFTCollator(tok.pad_token_id, "right", completion_only=cfg.completion_only_loss,
+                          padding_free=cfg.padding_free)
 
     model = load_causal_lm(cfg.model, tok, dtype=cfg.dtype, disable_dropout=cfg.disable_dropout)
     if cfg.lora_r:
@@ -148,14 +153,13 @@ def train(cfg: SFTConfig) -> Path:
 
 
 def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL of a collated SFT batch's label tokens and their count (detail 3 above). A packed batch
-    (position ids, no attention mask) gets an explicit block-diagonal causal mask (detail 6 above), except
-    under flash attention, whose variable-length path reads the boundaries from the positions."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    net = getattr(model, "module", model)  # DDP wraps the model; config and dtype live inside
-    attn_impl = str(getattr(net.config, "_attn_implementation", "") or "")
-    if "attention_mask" not in inputs and "position_ids" in inputs and not attn_impl.startswith("flash"):
-        inputs["attention_mask"] = packed_causal_mask(inputs["position_ids"], net.dtype)
+    """Summed NLL of a collated SFT batch's label tokens and their count (detail 3 above). A packed or
+    padding-free batch (position ids, no attention mask) gets an explicit block-diagonal causal mask
+    (detail 6 above; `packed_inputs`)."""
+    if "attention_mask" in batch:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    else:
+        inputs = packed_inputs(model, batch)
     logits = model(**inputs, use_cache=False).logits  # (B, T, V)
     return token_nll(logits, batch["labels"])
 

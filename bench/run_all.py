@@ -1,7 +1,7 @@
 """Run every rlhfkit-vs-TRL benchmark in turn (not a test).
 
     python bench/run_all.py [--output runs/bench] [--rounds 3] [--threads 1] [--only sft,reward,dpo,rl]
-        [--precision fp32|bf16]
+        [--precision fp32|bf16] [--padding-free] [--engine loop|hf]
 
 Each benchmark runs as its own script (``python bench/<name>_vs_trl.py`` runs one alone, with
 more options) and writes ``<output>/<name>_vs_trl.json``; this prints their JSON lines and writes
@@ -46,6 +46,10 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ", ".join(BENCHES))
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="both sides of every benchmark (summary in all_bf16.json for bf16)")
+    ap.add_argument("--padding-free", action="store_true",
+                    help="rlhfkit's sft / reward / dpo with padding_free on (see each script; summary in "
+                         "all_padding_free.json)")
+    ap.add_argument("--engine", default="loop", choices=["loop", "hf"], help="rlhfkit's RL rollout_engine")
     a = ap.parse_args()
     summary, t0 = {}, time.time()
     for name in a.only.split(","):
@@ -54,6 +58,10 @@ def main() -> None:
         cmd = [sys.executable, str(HERE / f"{name}_vs_trl.py"), "--output", a.output,
                "--rounds", str(a.rounds), "--threads", str(a.threads), "--precision", a.precision,
                *BENCHES[name]]
+        if a.padding_free and name != "rl":
+            cmd.append("--padding-free")
+        if name == "rl":
+            cmd += ["--engine", a.engine]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if p.returncode:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.data.collate import left_pad_prompts, position_ids_from_mask
-from rlhfkit.generation import generate, sampling_config
+from rlhfkit.generation import _base, generate, sampling_config
 
 
 @dataclass
@@ -56,10 +56,6 @@ class Sampled:
     # (B,) the engine's own temperature-scaled log-prob of each sampled token, where it has them:
     # only a diagnostic (generate_rollout reports their largest gap to the training forward's)
     logprobs: list[list[float]] | None = None
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _cut_at_eos(rows: list[list[int]], eos: int) -> list[list[int]]:

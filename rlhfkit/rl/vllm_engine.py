@@ -39,7 +39,8 @@ import os
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.rl.engine import Sampled, _base
+from rlhfkit.generation import _base
+from rlhfkit.rl.engine import Sampled
 
 
 def _import_vllm():
